@@ -1,0 +1,71 @@
+"""``lbd serve | check | schema | version``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lbd import __version__
+from lbd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lbd", description="Inference-aware HTTP load balancer daemon.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("-c", "--config", type=Path, default=None,
+                       help=f"YAML config (default: the embedded {DEFAULT_CONFIG_PATH.name})")
+    check = commands.add_parser("check", help="validate a config file, as nginx -t does")
+    check.add_argument("file", type=Path)
+    check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    commands.add_parser("schema", help="print the config's JSON Schema (for editor completion)")
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"lbd {__version__}")
+        return 0
+    if args.command == "schema":
+        from lbd.config.schema import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.command == "check":
+        return _check(args.file, args.quiet)
+    return _serve(args.config)
+
+
+def _check(path: Path, quiet: bool) -> int:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(f"{exc.source}: {message}", file=sys.stderr)
+        print(f"{path}: test failed", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"{path}: syntax is ok\n{path}: test is successful")
+    return 0
+
+
+def _serve(path: Path | None) -> int:
+    from lbd.daemon import run
+
+    source = path or DEFAULT_CONFIG_PATH
+    try:
+        config = load_config(source)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return run(config, source)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The typed configuration: one frozen tree, defaults filled first, then checked.
+
+Every model forbids unknown keys. Cross-references (default pool, worker names, model
+names claimed twice) are checked on the whole tree in :class:`Config`. Errors are turned
+into path-named messages with YAML lines by :mod:`lbd.config.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from lbd.balancing import registry
+from lbd.balancing.base import BalancerOptions
+from lbd.config.units import Duration, Size
+from lbd_worker.config import WorkerConfig
+
+__all__ = [
+    "Config", "ListenerConfig", "AdminConfig", "LogConfig", "PoolConfig", "MatchConfig",
+    "BalancerConfig", "BackendConfig", "TimeoutsConfig", "UpstreamConfig", "ClientLimitsConfig",
+    "NestedErrors", "parse_address",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NestedErrors(ValueError):
+    """Raised by a validator that validated a sub-document itself (a balancer's options), so
+    the loader can report each inner error under its own path."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(e["msg"] for e in errors))
+        self.errors = errors
+
+
+def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """``host:port``, ``:port``, ``[::1]:port`` or a bare port, to ``(host, port)``."""
+    text = str(text).strip()
+    if text.isdigit():
+        host, port = default_host, text
+    elif text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"not an address: {text!r}; use [v6]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"not an address: {text!r}; use host:port")
+        host = host or default_host
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port must be 1..65535 in {text!r}")
+    return host, int(port)
+
+
+def _address(value: str) -> str:
+    parse_address(value)
+    return value
+
+
+class ListenerConfig(Strict):
+    """A client-facing listener. Defaults: ``0.0.0.0:8080``, backlog 1024."""
+
+    address: str = "0.0.0.0:8080"
+    backlog: int = Field(1024, ge=1)
+
+    _check_address = field_validator("address")(classmethod(lambda cls, v: _address(v)))
+
+
+class AdminConfig(Strict):
+    """The admin API listener (metrics, status, reload). Defaults: ``127.0.0.1:9901``, no token."""
+
+    address: str = "127.0.0.1:9901"
+    token_file: str | None = None
+    enabled: bool = True
+
+    _check_address = field_validator("address")(classmethod(lambda cls, v: _address(v)))
+
+
+class LogConfig(Strict):
+    """Logging. Defaults: level ``info``, access log on, JSON lines to stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access: bool = True
+
+
+class ClientLimitsConfig(Strict):
+    """Limits on the client side of the proxy.
+
+    Defaults: keep-alive idle 75s; header read 30s; request body 1GiB (0 = unlimited);
+    header section 64KiB.
+    """
+
+    keepalive_timeout: Duration = 75.0
+    header_timeout: Duration = 30.0
+    max_body_size: Size = 1024**3
+    max_header_size: Size = 64 * 1024
+
+
+class MatchConfig(Strict):
+    """Which requests a pool takes. All given conditions must hold.
+
+    ``models`` routes KServe v2 paths ``/v2/models/{name}[/versions/{v}]/...`` by name (a
+    dictionary lookup, checked before the other rules). ``host`` is exact or ``*.suffix``.
+    """
+
+    models: list[str] = []
+    path_prefix: str | None = None
+    host: str | None = None
+    headers: dict[str, str] = {}
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _slash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/': {value!r}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _lower(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): v for k, v in value.items()}
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.models or self.path_prefix or self.host or self.headers)
+
+
+class BalancerConfig(BaseModel):
+    """``algorithm`` (default ``round_robin``) plus that algorithm's own keys."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    algorithm: str = "round_robin"
+    _options: BalancerOptions = PrivateAttr()
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        try:
+            registry.get(value)
+        except LookupError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _validate_options(self) -> BalancerConfig:
+        options_model = registry.get(self.algorithm).Options
+        try:
+            self._options = options_model.model_validate(self.model_extra or {})
+        except ValidationError as exc:
+            raise NestedErrors(exc.errors(include_url=False)) from None
+        return self
+
+    @property
+    def options(self) -> BalancerOptions:
+        return self._options
+
+
+class BackendConfig(Strict):
+    """One backend: ``url`` (``http://host:port``) or ``worker`` (a name under ``workers:``).
+
+    Defaults: weight 1; name: ``host:port`` or the worker's name.
+    """
+
+    url: str | None = None
+    worker: str | None = None
+    weight: float = Field(1.0, gt=0, le=1_000_000)
+    name: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        match = re.fullmatch(r"http://(\[[0-9a-fA-F:.]+\]|[^/:\s]+)(?::(\d+))?/?", value)
+        if match is None:
+            raise ValueError(f"not a backend URL: {value!r}; use http://host:port")
+        if match.group(2) and not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"port must be 1..65535 in {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> BackendConfig:
+        if (self.url is None) == (self.worker is None):
+            raise ValueError("give exactly one of 'url' or 'worker'")
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.url is None:
+            return None
+        rest = self.url[len("http://"):]
+        if rest.startswith("["):
+            host, _, port = rest[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = rest.partition(":")
+        return host, int(port or 80)
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.worker:
+            return self.worker
+        host, port = self.host_port  # type: ignore[misc]
+        return f"{host}:{port}"
+
+
+class TimeoutsConfig(Strict):
+    """Upstream timeouts.
+
+    Defaults: ``connect`` 2s (TCP connect); ``per_try`` 30s (request sent to response head);
+    ``total`` 60s (the whole exchange until the response head, across tries; 0 = none);
+    ``idle`` 5m (a streaming body may be silent this long before it is cut).
+    """
+
+    connect: Duration = 2.0
+    per_try: Duration = 30.0
+    total: Duration = 60.0
+    idle: Duration = 300.0
+
+
+class UpstreamConfig(Strict):
+    """Pooled keep-alive connections to each backend.
+
+    Defaults: up to 64 idle connections kept per backend, closed after 60s idle.
+    """
+
+    max_idle: int = Field(64, ge=0)
+    idle_timeout: Duration = 60.0
+
+
+class PoolConfig(Strict):
+    """A set of interchangeable backends and how requests are spread over them."""
+
+    match: MatchConfig = MatchConfig()
+    balancer: BalancerConfig = BalancerConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    backends: list[BackendConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PoolConfig:
+        seen: set[str] = set()
+        for backend in self.backends:
+            if backend.display_name in seen:
+                raise ValueError(f"backend {backend.display_name!r} is listed twice; give one a 'name'")
+            seen.add(backend.display_name)
+        return self
+
+
+class Config(Strict):
+    """The whole daemon configuration (see ``conf/lbd.example.yaml`` for every key)."""
+
+    listen: list[ListenerConfig] = Field(default_factory=lambda: [ListenerConfig()], min_length=1)
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    client: ClientLimitsConfig = ClientLimitsConfig()
+    pools: dict[str, PoolConfig] = Field(min_length=1)
+    default_pool: str | None = None
+    workers: dict[str, WorkerConfig] = {}
+
+    @field_validator("pools", "workers")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"bad name {name!r}: use letters, digits, '_', '-', '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        errors: list[dict[str, Any]] = []
+
+        def error(loc: tuple[str | int, ...], msg: str) -> None:
+            errors.append({"loc": loc, "msg": msg, "type": "value_error"})
+
+        if self.default_pool is not None and self.default_pool not in self.pools:
+            error(("default_pool",), f"no pool named {self.default_pool!r}; pools: {', '.join(self.pools)}")
+        claimed: dict[str, str] = {}
+        for pool_name, pool in self.pools.items():
+            for index, backend in enumerate(pool.backends):
+                if backend.worker is not None and backend.worker not in self.workers:
+                    known = ", ".join(self.workers) or "none declared"
+                    error(("pools", pool_name, "backends", index, "worker"),
+                          f"no worker named {backend.worker!r} under 'workers:' ({known})")
+            for index, model in enumerate(pool.match.models):
+                if model in claimed:
+                    error(("pools", pool_name, "match", "models", index),
+                          f"model {model!r} is already routed to pool {claimed[model]!r}")
+                claimed[model] = pool_name
+        addresses = [parse_address(listener.address) for listener in self.listen]
+        for index, address in enumerate(addresses):
+            if address in addresses[:index]:
+                error(("listen", index, "address"), "the same address is given twice")
+        if errors:
+            raise NestedErrors(errors)
+        return self
+
+    @property
+    def effective_default_pool(self) -> str | None:
+        """The named default, else the only pool, else ``None`` (unmatched requests get 404)."""
+        if self.default_pool is not None:
+            return self.default_pool
+        if len(self.pools) == 1:
+            return next(iter(self.pools))
+        return None

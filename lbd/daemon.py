@@ -1,0 +1,90 @@
+"""The daemon: config, workers, the proxy, signals, reload and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from lbd.config import Config, ConfigError, load_config
+from lbd.log import setup_logging
+from lbd.proxy.server import ProxyServer
+from lbd.runtime import Runtime
+
+__all__ = ["Daemon", "run"]
+
+log = logging.getLogger("lbd")
+
+
+class Daemon:
+    """One lbd process. ``run()`` returns the exit code."""
+
+    def __init__(self, config: Config, config_path: Path | None, *, shutdown_grace: float = 30.0) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.shutdown_grace = shutdown_grace
+        self.proxy: ProxyServer | None = None
+        self.fleet = None
+        self.reloads = 0
+        self.reload_failures = 0
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        await self._start_workers()
+        runtime = Runtime.build(self.config)
+        self.proxy = ProxyServer(runtime, loop)
+        await self.proxy.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        self.ready.set()
+        log.info("ready", extra={"pools": list(self.config.pools), "listen": [f"{h}:{p}" for h, p in self.proxy.bound]})
+        await self._stop.wait()
+        log.info("stopping: draining requests in flight", extra={"grace_s": self.shutdown_grace})
+        await self.proxy.shutdown(self.shutdown_grace)
+        if self.fleet is not None:
+            await self.fleet.stop()
+        log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _start_workers(self) -> None:
+        if not self.config.workers:
+            return
+        from lbd.fleet import Fleet  # the fleet is optional: plain-HTTP deployments skip it
+
+        self.fleet = Fleet(self.config.workers)
+        await self.fleet.start()
+        await self.fleet.wait_ready(timeout=300.0)
+
+    async def reload(self) -> bool:
+        """Load the file again; apply it whole or not at all."""
+        if self.config_path is None or self.proxy is None:
+            return False
+        try:
+            config = load_config(self.config_path)
+            runtime = Runtime.build(config, previous=self.proxy.runtime)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            log.error("reload refused: the file is not valid; nothing changed", extra={"errors": exc.messages})
+            return False
+        self.proxy.swap(runtime)
+        self.config = config
+        self.reloads += 1
+        log.info("reloaded", extra={"pools": list(config.pools)})
+        return True
+
+
+def run(config: Config, config_path: Path | None) -> int:
+    setup_logging(config.log.level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        log.warning("uvloop is not installed: using the default asyncio loop")
+        return asyncio.run(Daemon(config, config_path).run())
+    return uvloop.run(Daemon(config, config_path).run())

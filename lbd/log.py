@@ -1,0 +1,70 @@
+"""Structured logs: one JSON object per line on stderr, for the daemon's own events, and a
+buffered access log that costs the request path one list append."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+__all__ = ["setup_logging", "AccessLog", "JsonFormatter"]
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def setup_logging(level: str = "info", stream: IO[str] | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class AccessLog:
+    """Collects access entries and writes them in batches (the server's janitor flushes it
+    every tick), so a request pays for a tuple, not a syscall."""
+
+    __slots__ = ("_stream", "_pending", "enabled")
+
+    def __init__(self, enabled: bool = True, stream: IO[bytes] | None = None) -> None:
+        self.enabled = enabled
+        self._stream = stream or sys.stderr.buffer
+        self._pending: list[tuple] = []
+
+    def add(self, entry: tuple) -> None:
+        self._pending.append(entry)
+        if len(self._pending) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        now = time.time()
+        lines = [orjson.dumps({
+            "ts": round(now, 3), "type": "access", "request_id": rid, "client": client,
+            "method": method, "path": path, "status": status, "pool": pool, "backend": backend,
+            "attempts": attempts, "duration_ms": round(duration * 1e3, 3),
+        }) for (rid, client, method, path, status, pool, backend, attempts, duration) in pending]
+        try:
+            self._stream.write(b"\n".join(lines) + b"\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stderr must not take the proxy down

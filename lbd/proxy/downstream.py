@@ -1,0 +1,269 @@
+"""The client side of the data plane: one protocol object per client connection.
+
+It parses requests with httptools (llhttp: strict framing; conflicting or malformed lengths
+and bad chunk sizes are parse errors) and runs one :class:`Exchange` at a time. Pipelined
+requests wait in order with reading paused, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from lbd.proxy.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from lbd.proxy.http import error_response
+
+if TYPE_CHECKING:
+    from lbd.proxy.server import ProxyServer
+
+__all__ = ["ClientConnection"]
+
+# Reasons reading is paused; reading resumes when none is left.
+_PAUSE_BODY, _PAUSE_PIPELINE, _PAUSE_UPSTREAM = 1, 2, 4
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "server", "loop", "transport", "parser", "client_ip", "client_ip_bytes", "scheme",
+        "http11", "current", "receiving", "queue", "closing", "last_active", "head_started",
+        "_url", "_headers", "_header_bytes", "_paused", "_write_paused", "_body_bytes",
+    )
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.scheme = b"http"
+        self.http11 = True
+        self.current: Exchange | None = None    # the exchange being answered
+        self.receiving: Exchange | None = None  # the exchange whose body is being read
+        self.queue: deque[Exchange] = deque()
+        self.closing = False
+        self.last_active = 0.0
+        self.head_started = 0.0                 # > 0 while a request head is being read
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._paused = 0
+        self._write_paused = False
+        self._body_bytes = 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "unix"
+        self.client_ip_bytes = self.client_ip.encode()
+        self.last_active = self.loop.time()
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        for exchange in (self.current, self.receiving, *self.queue):
+            if exchange is not None:
+                exchange.on_client_lost()
+        self.current = self.receiving = None
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_active = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            reject = exc.__context__
+            if isinstance(reject, _Reject):
+                self._reject(reject.status, reject.code, reject.message)
+            else:
+                raise
+        except httptools.HttpParserUpgrade:
+            self._reject(501, "upgrade_unsupported", "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._reject(400, "bad_request", f"malformed request: {exc}")
+
+    def eof_received(self) -> bool | None:
+        # Half-close from the client: finish the response in flight, then close.
+        if self.current is None:
+            return None
+        self.closing_after_current()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        exchange = self.current
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        exchange = self.current
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.resume_reading()
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self.head_started = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.server.limits.max_header_size:
+            raise _Reject(431, "header_too_large", "request head exceeds "
+                          f"{self.server.limits.max_header_size} bytes")
+
+    def on_headers_complete(self) -> None:
+        self.head_started = 0.0
+        parser = self.parser
+        self.http11 = parser.get_http_version() == "1.1"
+        body_mode = self._body_mode()
+        exchange = Exchange(self, parser.get_method(), self._url, self._headers,
+                            parser.should_keep_alive(), body_mode)
+        if body_mode != BODY_NONE:
+            self.receiving = exchange
+        if self.current is None:
+            self.current = exchange
+            exchange.begin()
+        else:
+            self.queue.append(exchange)
+            self._pause(_PAUSE_PIPELINE)
+
+    def _body_mode(self) -> int:
+        """How the request body is framed. llhttp already rejected the ambiguous cases
+        (both Content-Length and chunked, conflicting lengths, bad chunk sizes)."""
+        length = None
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                return BODY_CHUNKED
+            if lower == b"content-length":
+                length = value
+        if length is None or length.strip() == b"0":
+            return BODY_NONE
+        limit = self.server.limits.max_body_size
+        if limit and int(length) > limit:
+            raise _Reject(413, "body_too_large", f"request body exceeds {limit} bytes")
+        return BODY_LENGTH
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.receiving
+        if exchange is None:
+            return
+        self._body_bytes += len(body)
+        limit = self.server.limits.max_body_size
+        if limit and self._body_bytes > limit and exchange.body_mode == BODY_CHUNKED:
+            raise _Reject(413, "body_too_large", f"request body exceeds {limit} bytes")
+        exchange.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.receiving = self.receiving, None
+        if exchange is not None:
+            exchange.on_request_end()
+
+    # -- used by exchanges ---------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if exchange is not self.current:
+            return
+        self.current = None
+        self.server.observe(exchange)
+        if not exchange.keep_alive or self.closing:
+            self._close()
+            return
+        if self.queue:
+            self.current = following = self.queue.popleft()
+            if not self.queue:
+                self._resume(_PAUSE_PIPELINE)
+            following.begin()
+
+    def closing_after_current(self) -> None:
+        if self.current is not None:
+            self.current.keep_alive = False
+        for exchange in self.queue:
+            exchange.on_client_lost()
+        self.queue.clear()
+
+    def abort_after_write(self) -> None:
+        """Close once what is written is flushed; the client sees the body cut short."""
+        exchange, self.current = self.current, None
+        if exchange is not None:
+            self.server.observe(exchange)
+        self._close()
+
+    def pause_reading_for_body(self) -> None:
+        self._pause(_PAUSE_BODY)
+
+    def resume_reading_for_body(self) -> None:
+        self._resume(_PAUSE_BODY)
+
+    def pause_reading_for_upstream(self) -> None:
+        self._pause(_PAUSE_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self._resume(_PAUSE_UPSTREAM)
+
+    # -- internals -----------------------------------------------------------------------
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self.closing:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and not self.closing:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        """A request the parser or the limits refuse: answer, then close (its framing is
+        not trustworthy, so nothing after it on this connection is either)."""
+        if self.current is not None and self.current.response_started:
+            self.abort_after_write()
+            return
+        for exchange in (self.current, self.receiving, *self.queue):
+            if exchange is not None:
+                exchange.on_client_lost()
+        self.current = self.receiving = None
+        self.queue.clear()
+        self.write(error_response(status, code, message, self.server.request_ids.next(), keep_alive=False))
+        self.server.count_rejected(status)
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.close()  # type: ignore[union-attr]
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without a request in progress; 0 while one is."""
+        if self.current is not None or self.receiving is not None or self.head_started:
+            return 0.0
+        return now - self.last_active

@@ -1,0 +1,119 @@
+"""Listeners, the set of client connections, the janitor, and graceful drain.
+
+The janitor ticks once a second instead of arming a timer per request: it closes client
+connections idle past the keep-alive timeout, answers 408 to clients that take too long to
+send a request head, expires idle upstream connections and flushes the access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from lbd.config.model import parse_address
+from lbd.log import AccessLog
+from lbd.proxy.downstream import ClientConnection
+from lbd.proxy.exchange import Exchange
+from lbd.proxy.http import RequestIds, error_response
+from lbd.runtime import Runtime
+
+__all__ = ["ProxyServer"]
+
+log = logging.getLogger("lbd.proxy")
+JANITOR_TICK = 1.0
+
+
+class ProxyServer:
+    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop, access_log: AccessLog | None = None) -> None:
+        self.runtime = runtime
+        self.loop = loop
+        self.limits = runtime.config.client
+        self.connections: set[ClientConnection] = set()
+        self.request_ids = RequestIds()
+        self.access_log = access_log or AccessLog(enabled=runtime.config.log.access)
+        self.rejected: dict[int, int] = {}
+        self.requests = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._janitor: asyncio.Task | None = None
+        self.bound: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        for listener in self.runtime.config.listen:
+            host, port = parse_address(listener.address)
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, backlog=listener.backlog,
+                reuse_address=True, family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+            self._servers.append(server)
+            self.bound.extend(sock.getsockname()[:2] for sock in server.sockets)
+            log.info("listening", extra={"address": f"{host}:{port}"})
+        self._janitor = self.loop.create_task(self._janitor_loop())
+
+    def swap(self, runtime: Runtime) -> None:
+        """Serve new requests from ``runtime``; requests in flight finish on the old one."""
+        old, self.runtime = self.runtime, runtime
+        self.limits = runtime.config.client
+        self.access_log.enabled = runtime.config.log.access
+        for backend in old.retired(runtime):
+            backend.close_idle()
+
+    # -- per request ---------------------------------------------------------------------
+    def observe(self, exchange: Exchange) -> None:
+        self.requests += 1
+        if self.access_log.enabled:
+            self.access_log.add((
+                exchange.request_id.decode("latin-1"), exchange.client_ip, exchange.method.decode("latin-1"),
+                exchange.path, exchange.status, exchange.pool.name if exchange.pool else None,
+                exchange.served_by or None, len(exchange.tried), time.monotonic() - exchange.started,
+            ))
+
+    def count_rejected(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
+    # -- housekeeping --------------------------------------------------------------------
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(JANITOR_TICK)
+            try:
+                self.sweep(self.loop.time())
+            except Exception:  # the janitor must survive anything a sweep trips over
+                log.exception("janitor sweep failed")
+
+    def sweep(self, now: float) -> None:
+        limits = self.limits
+        for conn in list(self.connections):
+            if conn.head_started and now - conn.head_started > limits.header_timeout:
+                conn.write(error_response(408, "request_timeout", "request head not received in time",
+                                          self.request_ids.next(), keep_alive=False))
+                conn.closing_after_current()
+                conn.transport.close()  # type: ignore[union-attr]
+            elif conn.idle_for(now) > limits.keepalive_timeout:
+                conn.transport.close()  # type: ignore[union-attr]
+        for backend in self.runtime.backends.values():
+            backend.expire_idle(now)
+        self.access_log.flush()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, close idle connections, let requests in flight finish for up
+        to ``grace`` seconds, then close everything."""
+        for server in self._servers:
+            server.close()
+        deadline = self.loop.time() + grace
+        while self.loop.time() < deadline:
+            for conn in list(self.connections):
+                if conn.idle_for(self.loop.time()) >= 0 and conn.current is None and conn.receiving is None:
+                    conn.closing_after_current()
+                    conn.transport.close()  # type: ignore[union-attr]
+                elif conn.current is not None:
+                    conn.current.keep_alive = False
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.transport.abort()  # type: ignore[union-attr]
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for backend in self.runtime.backends.values():
+            backend.close_idle()
+        self.access_log.flush()

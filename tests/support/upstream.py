@@ -1,0 +1,119 @@
+"""A real upstream HTTP server for the proxy's integration tests (run as its own process).
+
+    python tests/support/upstream.py --port 18001 --name a
+
+Every response carries ``x-upstream: NAME``. Endpoints:
+  GET|POST /echo          JSON: method, path, query, headers, body length, body sha256
+  POST /sink              reads the body as a stream: byte count and sha256
+  GET /bytes?size=N&chunked=1  N bytes of a repeating pattern, streamed
+  GET /sse?n=N&interval=S      N server-sent events, one every S seconds
+  GET /slow?delay=S       answers after S seconds
+  GET /status/CODE        answers CODE with a JSON body
+  GET /close              answers with ``connection: close``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+
+from aiohttp import web
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+
+
+def _json(request: web.Request, payload: dict, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(status=status, body=json.dumps(payload).encode(), content_type="application/json",
+                        headers={"x-upstream": request.app["name"], **headers})
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return _json(request, {
+        "method": request.method, "path": request.path, "query": request.query_string,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "body_length": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body": body.decode("utf-8", "replace") if len(body) < 4096 else None,
+    })
+
+
+async def sink(request: web.Request) -> web.Response:
+    digest, total = hashlib.sha256(), 0
+    async for piece in request.content.iter_any():
+        digest.update(piece)
+        total += len(piece)
+    return _json(request, {"bytes": total, "sha256": digest.hexdigest()})
+
+
+async def stream_bytes(request: web.Request) -> web.StreamResponse:
+    size = int(request.query.get("size", "0"))
+    response = web.StreamResponse(headers={"x-upstream": request.app["name"], "content-type": "application/octet-stream"})
+    if request.query.get("chunked") == "1":
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = size
+    await response.prepare(request)
+    sent = 0
+    while sent < size:
+        piece = PATTERN[: min(len(PATTERN), size - sent)]
+        await response.write(piece)
+        sent += len(piece)
+    await response.write_eof()
+    return response
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    count, interval = int(request.query.get("n", "3")), float(request.query.get("interval", "0.2"))
+    response = web.StreamResponse(headers={"x-upstream": request.app["name"], "content-type": "text/event-stream",
+                                           "cache-control": "no-cache"})
+    await response.prepare(request)
+    for index in range(count):
+        await response.write(f"id: {index}\ndata: event {index}\n\n".encode())
+        await asyncio.sleep(interval)
+    await response.write_eof()
+    return response
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("delay", "1")))
+    return _json(request, {"slept": True})
+
+
+async def status(request: web.Request) -> web.Response:
+    code = int(request.match_info["code"])
+    return _json(request, {"status": code}, status=code)
+
+
+async def close(request: web.Request) -> web.Response:
+    response = _json(request, {"closing": True})
+    response.force_close()
+    return response
+
+
+def make_app(name: str) -> web.Application:
+    app = web.Application(client_max_size=2**40)
+    app["name"] = name
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_route("*", "/v2/{tail:.*}", echo)
+    app.router.add_post("/sink", sink)
+    app.router.add_get("/bytes", stream_bytes)
+    app.router.add_get("/sse", sse)
+    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/close", close)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="upstream")
+    args = parser.parse_args()
+    web.run_app(make_app(args.name), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
