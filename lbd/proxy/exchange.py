@@ -229,16 +229,21 @@ class Exchange:
         self.upstream = conn
         conn.attach(self)
         data = self._buffer
-        conn.write(self._head + b"".join(data) if data else self._head)
+        head = self._head if self._host is not None else self._with_host(conn.backend)
+        conn.write(head + b"".join(data) if data else head)
         if not self._replayable:
             self._buffer = []
             self._buffered = 0
-        if self.request_done and self.body_mode == BODY_CHUNKED:
-            conn.write(LAST_CHUNK)
         self.client.resume_reading_for_body()
         loop = self.client.loop
         limit = min(loop.time() + self.pool.timeouts.per_try, self.deadline)  # type: ignore[union-attr]
         self._timer = loop.call_at(limit, self._on_head_timeout)
+
+    def _with_host(self, backend: Backend) -> bytes:
+        """HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require it (RFC 9112 3.2)."""
+        line_end = self._head.index(b"\r\n") + 2
+        return b"%bhost: %b:%d\r\n%b" % (self._head[:line_end], backend.host.encode(), backend.port,
+                                          self._head[line_end:])
 
     def _end_attempt(self, ok: bool) -> None:
         backend = self.backend
@@ -284,10 +289,11 @@ class Exchange:
         if self.finished:
             return
         if self.body_mode == BODY_CHUNKED:
-            if self._replayable:
-                self._buffer.append(LAST_CHUNK)
-            if self.upstream is not None:
-                self.upstream.write(LAST_CHUNK)
+            conn = self.upstream
+            if conn is None or self._replayable:
+                self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
+            if conn is not None:
+                conn.write(LAST_CHUNK)
 
     # -- response (from the upstream) ----------------------------------------------------
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]],

@@ -36,6 +36,7 @@ async def echo(request: web.Request) -> web.Response:
         "headers": [[k, v] for k, v in request.headers.items()],
         "body_length": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
         "body": body.decode("utf-8", "replace") if len(body) < 4096 else None,
+        "peer_port": request.transport.get_extra_info("peername")[1] if request.transport else None,
     })
 
 
