@@ -92,10 +92,11 @@ def build(
 
 
 def _plugins() -> dict[str, metadata.EntryPoint]:
+    """Installed plugins by name; the first of two with one name wins, and :func:`get`
+    looks at the built-ins first, so a plugin never shadows one."""
     found: dict[str, metadata.EntryPoint] = {}
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name not in _BUILTIN:
-            found.setdefault(entry_point.name, entry_point)
+        found.setdefault(entry_point.name, entry_point)
     return found
 
 

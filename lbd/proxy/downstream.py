@@ -96,11 +96,11 @@ class ClientConnection(asyncio.Protocol):
             self._reject(400, "bad_request", f"malformed request: {exc}")
 
     def eof_received(self) -> bool | None:
-        # Half-close from the client: finish the response in flight, then close.
-        if self.current is None:
-            return None
-        self.closing_after_current()
-        return True
+        # As nginx does (proxy_ignore_client_abort off): a client that closes its side has
+        # gone away; returning None closes the transport and connection_lost cancels the
+        # upstream request. Half-closed clients that still wait for an answer are too rare
+        # to keep a GPU busy for.
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True

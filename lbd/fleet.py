@@ -1,0 +1,167 @@
+"""The local worker fleet: ``lbd serve`` starts one ``lbd-worker`` process per ``workers:`` entry
+and supervises it.
+
+Each worker runs as ``python -m lbd_worker --config-json ... --exit-with-parent`` in its own
+session (a Ctrl-C in lbd's terminal reaches lbd, which then stops the workers in order; a
+worker whose lbd died exits by itself). Its stdout and stderr lines are passed on prefixed with
+``[worker NAME]``. A worker that exits while the fleet is running is restarted after an
+exponential backoff (``restart_backoff`` doubling up to ``restart_backoff_max``), which resets
+once a worker has stayed ready for ``stable_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from lbd_worker.cli import READY_LINE
+from lbd_worker.config import WorkerConfig
+
+__all__ = ["Fleet", "WorkerState"]
+
+_READY_PREFIX = READY_LINE.split("{", 1)[0]
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class WorkerState:
+    """What the fleet knows of one worker; read it, do not change it."""
+
+    name: str
+    config: WorkerConfig
+    host: str
+    port: int
+    pid: int | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+
+class Fleet:
+    """Starts, supervises and stops local workers.
+
+    ``log`` receives each prefixed output line and the fleet's own messages (default: stderr).
+    Defaults: ``restart_backoff=0.5`` s, ``restart_backoff_max=30`` s, ``stable_after=30`` s.
+    """
+
+    def __init__(self, workers: Mapping[str, WorkerConfig], *, log: Callable[[str], None] = _to_stderr,
+                 python: str = sys.executable, restart_backoff: float = 0.5,
+                 restart_backoff_max: float = 30.0, stable_after: float = 30.0,
+                 env: Mapping[str, str] | None = None) -> None:
+        self._states = {name: WorkerState(name, config, config.host, config.port)
+                        for name, config in workers.items()}
+        self._log, self._python, self._env = log, python, env
+        self._backoff, self._backoff_max, self._stable_after = restart_backoff, restart_backoff_max, stable_after
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._stopping = asyncio.Event()
+
+    @property
+    def workers(self) -> Mapping[str, WorkerState]:
+        return self._states
+
+    def address(self, name: str) -> tuple[str, int]:
+        """Where worker ``name`` listens (with ``listen: host:0``, the port it got, once ready)."""
+        state = self._states[name]
+        return state.host, state.port
+
+    async def start(self) -> None:
+        """Spawns every worker; returns once all are started (not necessarily ready)."""
+        for name, state in self._states.items():
+            await self._spawn(state)
+            self._tasks[name] = asyncio.create_task(self._supervise(state), name=f"fleet-{name}")
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Waits until every worker reported ready; ``TimeoutError`` names those that did not."""
+        waits = [asyncio.create_task(state.ready.wait()) for state in self._states.values()]
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            late = [f"{s.name} (restarts {s.restarts}, last exit {s.last_exit})"
+                    for s in self._states.values() if not s.ready.is_set()]
+            raise TimeoutError(f"workers not ready after {timeout:g}s: {', '.join(late)}")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to every worker (they finish their queues), SIGKILL to those still running
+        after ``timeout`` seconds; no restarts from here on."""
+        self._stopping.set()
+        await asyncio.gather(*(self._terminate(state, timeout) for state in self._states.values()))
+        if self._tasks:  # they end once the workers' last lines are passed on
+            await asyncio.wait(self._tasks.values(), timeout=5.0)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _spawn(self, state: WorkerState) -> None:
+        env = dict(os.environ if self._env is None else self._env, PYTHONUNBUFFERED="1")
+        process = await asyncio.create_subprocess_exec(
+            self._python, "-m", "lbd_worker", "--config-json", state.config.model_dump_json(),
+            "--exit-with-parent", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        state.process, state.pid = process, process.pid
+        state.ready.clear()
+        self._log(f"[worker {state.name}] started, pid {process.pid}")
+
+    async def _supervise(self, state: WorkerState) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            started = loop.time()
+            status = await self._follow(state)
+            state.last_exit = status
+            if self._stopping.is_set():
+                return
+            failures = 0 if loop.time() - started >= self._stable_after else failures + 1
+            delay = min(self._backoff * 2 ** max(failures - 1, 0), self._backoff_max)
+            self._log(f"[worker {state.name}] exited with status {status}; restarting in {delay:g}s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return
+            state.restarts += 1
+            await self._spawn(state)
+
+    async def _follow(self, state: WorkerState) -> int:
+        """Passes the worker's output on until it exits; its exit status."""
+        process = state.process
+        assert process is not None and process.stdout is not None and process.stderr is not None
+        await asyncio.gather(self._pump(state, process.stdout, watch_ready=True),
+                             self._pump(state, process.stderr, watch_ready=False))
+        status = await process.wait()
+        state.ready.clear()
+        return status
+
+    async def _pump(self, state: WorkerState, stream: asyncio.StreamReader, *, watch_ready: bool) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            if watch_ready and line.startswith(_READY_PREFIX):
+                state.port = int(line.rsplit(":", 1)[1])
+                state.ready.set()
+            self._log(f"[worker {state.name}] {line}")
+
+    async def _terminate(self, state: WorkerState, timeout: float) -> None:
+        process = state.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._log(f"[worker {state.name}] still running {timeout:g}s after SIGTERM; SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        state.last_exit = process.returncode
+        state.ready.clear()
