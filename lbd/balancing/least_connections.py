@@ -50,7 +50,7 @@ class LeastConnections:
         for position in range(start + 1, start + count):
             backend = ring[position]
             score = backend.inflight / backend.weight
-            if score <= best:
+            if score < best:
                 pick, best = position, score
         return pick - count if pick >= count else pick
 

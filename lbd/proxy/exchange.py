@@ -36,6 +36,12 @@ REPLAY_LIMIT = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+async def _open(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float) -> tuple:
+    # Made inside the task so that a task cancelled before it ran leaves no coroutine behind.
+    factory = lambda: UpstreamConnection(backend)  # noqa: E731
+    return await asyncio.wait_for(loop.create_connection(factory, backend.host, backend.port), timeout)
+
+
 class Exchange:
     __slots__ = (
         "client", "method", "url", "headers", "request_id", "keep_alive", "body_mode",
@@ -202,11 +208,10 @@ class Exchange:
         else:
             self._connect(backend)
 
-    def _connect(self, backend: Backend, *, fresh_retry: bool = False) -> None:
+    def _connect(self, backend: Backend) -> None:
         loop = self.client.loop
         timeout = min(self.pool.timeouts.connect, self.deadline - loop.time())  # type: ignore[union-attr]
-        coro = loop.create_connection(lambda: UpstreamConnection(backend), backend.host, backend.port)
-        task = self._connecting = loop.create_task(asyncio.wait_for(coro, max(timeout, 0.001)))
+        task = self._connecting = loop.create_task(_open(loop, backend, max(timeout, 0.001)))
         task.add_done_callback(self._on_connected)
 
     def _on_connected(self, task: asyncio.Task) -> None:
