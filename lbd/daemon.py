@@ -11,6 +11,7 @@ from lbd.config import Config, ConfigError, load_config
 from lbd.log import setup_logging
 from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
+from lbd.systemd import Notifier
 
 __all__ = ["Daemon", "run"]
 
@@ -30,6 +31,7 @@ class Daemon:
         self.reload_failures = 0
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self.notifier = Notifier()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -41,8 +43,13 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self.ready.set()
+        self.notifier.ready(self._status_line())
+        watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         log.info("ready", extra={"pools": list(self.config.pools), "listen": [f"{h}:{p}" for h, p in self.proxy.bound]})
         await self._stop.wait()
+        self.notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
         log.info("stopping: draining requests in flight", extra={"grace_s": self.shutdown_grace})
         await self.proxy.shutdown(self.shutdown_grace)
         if self.fleet is not None:
@@ -66,6 +73,13 @@ class Daemon:
         """Load the file again; apply it whole or not at all."""
         if self.config_path is None or self.proxy is None:
             return False
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.notifier.ready(self._status_line())
+
+    def _reload(self) -> bool:
         try:
             config = load_config(self.config_path)
             runtime = Runtime.build(config, previous=self.proxy.runtime)
@@ -78,6 +92,23 @@ class Daemon:
         self.reloads += 1
         log.info("reloaded", extra={"pools": list(config.pools)})
         return True
+
+
+    def _status_line(self) -> str:
+        proxy = self.proxy
+        if proxy is None:
+            return "starting"
+        backends = sum(len(pool.backends) for pool in proxy.runtime.pools.values())
+        return (f"{len(proxy.runtime.pools)} pools, {backends} backends, {len(proxy.connections)} connections, "
+                f"{proxy.requests} requests, {self.reloads} reloads")
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval or 1.0
+        while True:
+            # The event loop answering this timer is the liveness systemd asks about.
+            self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+            await asyncio.sleep(interval)
 
 
 def run(config: Config, config_path: Path | None) -> int:
