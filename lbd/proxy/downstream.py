@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from lbd.proxy.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from lbd.proxy.exchange import BODY_CHUNKED, BODY_NONE, Exchange
 from lbd.proxy.http import error_response
+from lbd.proxy.outbox import Corked, flush
 
 if TYPE_CHECKING:
     from lbd.proxy.server import ProxyServer
@@ -31,8 +32,9 @@ class _Reject(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Corked, asyncio.Protocol):
     __slots__ = (
+        "_out",
         "server", "loop", "transport", "parser", "client_ip", "client_ip_bytes", "scheme",
         "http11", "current", "receiving", "queue", "closing", "last_active", "head_started",
         "_url", "_headers", "_header_bytes", "_paused", "_write_paused", "_body_bytes",
@@ -59,6 +61,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._body_bytes = 0
+        self._out: list[bytes] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,11 +80,18 @@ class ClientConnection(asyncio.Protocol):
                 exchange.on_client_lost()
         self.current = self.receiving = None
         self.queue.clear()
+        flush()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.last_active = self.loop.time()
+        try:
+            self._receive(data)
+        finally:
+            flush()
+
+    def _receive(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -124,14 +134,11 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, size: int) -> None:
-        self._header_bytes += size
+        self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.server.limits.max_header_size:
             raise _Reject(431, "header_too_large", "request head exceeds "
                           f"{self.server.limits.max_header_size} bytes")
@@ -140,10 +147,12 @@ class ClientConnection(asyncio.Protocol):
         self.head_started = 0.0
         parser = self.parser
         self.http11 = parser.get_http_version() == "1.1"
-        body_mode = self._body_mode()
-        exchange = Exchange(self, parser.get_method(), self._url, self._headers,
-                            parser.should_keep_alive(), body_mode)
-        if body_mode != BODY_NONE:
+        exchange = Exchange(self, parser.get_method(), self._url, self._headers, parser.should_keep_alive())
+        exchange.prepare()
+        if exchange.body_mode != BODY_NONE:
+            limit = self.server.limits.max_body_size
+            if limit and exchange.content_length > limit:
+                raise _Reject(413, "body_too_large", f"request body exceeds {limit} bytes")
             self.receiving = exchange
         if self.current is None:
             self.current = exchange
@@ -151,23 +160,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.queue.append(exchange)
             self._pause(_PAUSE_PIPELINE)
-
-    def _body_mode(self) -> int:
-        """How the request body is framed. llhttp already rejected the ambiguous cases
-        (both Content-Length and chunked, conflicting lengths, bad chunk sizes)."""
-        length = None
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                return BODY_CHUNKED
-            if lower == b"content-length":
-                length = value
-        if length is None or length.strip() == b"0":
-            return BODY_NONE
-        limit = self.server.limits.max_body_size
-        if limit and int(length) > limit:
-            raise _Reject(413, "body_too_large", f"request body exceeds {limit} bytes")
-        return BODY_LENGTH
 
     def on_body(self, body: bytes) -> None:
         exchange = self.receiving
@@ -187,7 +179,7 @@ class ClientConnection(asyncio.Protocol):
     # -- used by exchanges ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if not self.closing:
-            self.transport.write(data)  # type: ignore[union-attr]
+            Corked.write(self, data)
 
     def exchange_done(self, exchange: Exchange) -> None:
         if exchange is not self.current:
@@ -195,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.server.observe(exchange)
         if not exchange.keep_alive or self.closing:
-            self._close()
+            self.close_now()
             return
         if self.queue:
             self.current = following = self.queue.popleft()
@@ -215,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
         exchange, self.current = self.current, None
         if exchange is not None:
             self.server.observe(exchange)
-        self._close()
+        self.close_now()
 
     def pause_reading_for_body(self) -> None:
         self._pause(_PAUSE_BODY)
@@ -255,10 +247,11 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         self.write(error_response(status, code, message, self.server.request_ids.next(), keep_alive=False))
         self.server.count_rejected(status)
-        self._close()
+        self.close_now()
 
-    def _close(self) -> None:
+    def close_now(self) -> None:
         if not self.closing:
+            self.flush_out()  # what the exchange wrote goes out before the FIN
             self.closing = True
             self.transport.close()  # type: ignore[union-attr]
 

@@ -20,7 +20,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from lbd.proxy.http import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, chunk, error_response, status_line
+from lbd.proxy.http import (
+    CONTINUE_100, F_CONNECTION, F_CONTENT_LENGTH, F_EXPECT, F_HOST, F_REQUEST_ID, F_TRANSFER_ENCODING, F_XFF,
+    FIELDS, LAST_CHUNK, chunk, connection_tokens, error_response, status_line, strip_fields,
+)
+from lbd.proxy.outbox import flush
 from lbd.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -48,18 +52,19 @@ class Exchange:
         "request_done", "pool", "backend", "upstream", "tried", "started", "deadline",
         "_head", "_buffer", "_buffered", "_replayable", "_timer", "_connecting",
         "response_started", "response_chunked", "finished", "status", "_host", "_path",
-        "_attempt_started", "_expect_continue", "served_by",
+        "_attempt_started", "_expect_continue", "served_by", "content_length",
     )
 
     def __init__(self, client: ClientConnection, method: bytes, url: bytes,
-                 headers: list[tuple[bytes, bytes]], keep_alive: bool, body_mode: int) -> None:
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.client = client
         self.method = method
         self.url = url
         self.headers = headers
         self.keep_alive = keep_alive
-        self.body_mode = body_mode
-        self.request_done = body_mode == BODY_NONE
+        self.body_mode = BODY_NONE
+        self.content_length = 0
+        self.request_done = True
         self.request_id = b""
         self.pool: Pool | None = None
         self.backend: Backend | None = None
@@ -132,60 +137,54 @@ class Exchange:
         runtime = client.server.runtime
         self.started = time.monotonic()
         now = client.loop.time()
-        head = self._build_head()
         self.pool = pool = runtime.router.route(self)
         if pool is None:
             self.fail(404, "no_route", f"no pool serves {self.path}")
             return
-        self._head = head
         total = pool.timeouts.total
         self.deadline = now + total if total > 0 else float("inf")
         if self._expect_continue:
             client.write(CONTINUE_100)
         self._attempt()
 
-    def _build_head(self) -> bytes:
-        """The request head as sent upstream: hop-by-hop fields removed, forwarding
-        fields added, one pass over the client's headers."""
+    def prepare(self) -> None:
+        """One pass over the client's fields: the request head as sent upstream
+        (hop-by-hop fields removed, forwarding fields added), the body's framing, and the
+        fields routing needs."""
         out = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
-        forwarded_for = request_id = None
-        drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
+        forwarded_for = request_id = named = None
+        fields = FIELDS
         for name, value in self.headers:
-            lower = name.lower()
-            if lower in drop:
-                if lower == b"connection":
-                    drop = HOP_BY_HOP | {t.strip().lower() for t in value.split(b",")}
-                continue
-            if lower == b"x-forwarded-for":
-                forwarded_for = value
-            elif lower == b"x-request-id":
-                request_id = value
-            elif lower == b"expect":
-                self._expect_continue = value.lower() == b"100-continue"
-            elif lower == b"host":
+            kind = fields.get(name.lower())
+            if kind is None:
+                out += (name, b": ", value, b"\r\n")
+            elif kind == F_CONTENT_LENGTH:
+                self.body_mode = BODY_LENGTH if value.strip() != b"0" else BODY_NONE
+                self.content_length = int(value)  # llhttp already checked the digits
+                out += (name, b": ", value, b"\r\n")
+            elif kind == F_HOST:
                 self._host = value
                 out += (name, b": ", value, b"\r\n")
-            else:
-                out += (name, b": ", value, b"\r\n")
-        if drop is not HOP_BY_HOP:  # a Connection header named more fields: drop them too
-            out = self._without(out, drop)
+            elif kind == F_TRANSFER_ENCODING:
+                self.body_mode = BODY_CHUNKED  # llhttp refused any coding but a final chunked
+            elif kind == F_CONNECTION:
+                named = connection_tokens(value)
+            elif kind == F_XFF:
+                forwarded_for = value
+            elif kind == F_REQUEST_ID:
+                request_id = value
+            elif kind == F_EXPECT:
+                self._expect_continue = value.lower() == b"100-continue"
+        if named is not None:
+            out = strip_fields(out, 4, named)
         client = self.client
-        self.request_id = request_id if request_id else client.server.request_ids.next()
+        self.request_id = request_id or client.server.request_ids.next()
         ip = client.client_ip_bytes
         out += (b"x-forwarded-for: ", forwarded_for + b", " + ip if forwarded_for else ip,
-                b"\r\nx-forwarded-proto: ", client.scheme, b"\r\nx-request-id: ", self.request_id, b"\r\n")
-        if self.body_mode == BODY_CHUNKED:
-            out.append(b"transfer-encoding: chunked\r\n")
-        out.append(b"\r\n")
-        return b"".join(out)
-
-    @staticmethod
-    def _without(parts: list[bytes], drop: set[bytes]) -> list[bytes]:
-        kept = parts[:4]
-        for i in range(4, len(parts), 4):
-            if parts[i].lower() not in drop:
-                kept += parts[i:i + 4]
-        return kept
+                b"\r\nx-forwarded-proto: ", client.scheme, b"\r\nx-request-id: ", self.request_id,
+                b"\r\ntransfer-encoding: chunked\r\n\r\n" if self.body_mode == BODY_CHUNKED else b"\r\n\r\n")
+        self._head = b"".join(out)
+        self.request_done = self.body_mode == BODY_NONE
 
     # -- attempts ----------------------------------------------------------------------
     def _attempt(self) -> None:
@@ -215,6 +214,12 @@ class Exchange:
         task.add_done_callback(self._on_connected)
 
     def _on_connected(self, task: asyncio.Task) -> None:
+        try:
+            self._connected(task)
+        finally:
+            flush()
+
+    def _connected(self, task: asyncio.Task) -> None:
         if self._connecting is not task:
             if not task.cancelled() and task.exception() is None:
                 task.result()[1].close()  # the exchange moved on (client gone): drop it
@@ -312,20 +317,26 @@ class Exchange:
             self.keep_alive = False  # the backend answered early; the rest cannot be framed
         out = [status_line(status)]
         has_length = request_id_seen = False
-        drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
+        named = None
+        fields = FIELDS
         for name, value in headers:
-            lower = name.lower()
-            if lower in drop:
-                if lower == b"connection":
-                    drop = HOP_BY_HOP | {t.strip().lower() for t in value.split(b",")}
-                continue
-            if lower == b"content-length":
+            kind = fields.get(name.lower())
+            if kind is None:
+                out += (name, b": ", value, b"\r\n")
+            elif kind == F_CONTENT_LENGTH:
                 has_length = True
-            elif lower == b"x-request-id":
+                out += (name, b": ", value, b"\r\n")
+            elif kind == F_REQUEST_ID:
                 request_id_seen = True
-            out += (name, b": ", value, b"\r\n")
-        if drop is not HOP_BY_HOP:
-            out = [out[0]] + self._without([b"", b"", b"", b""] + out[1:], drop)[4:]
+                out += (name, b": ", value, b"\r\n")
+            elif kind == F_CONNECTION:
+                named = connection_tokens(value)
+            elif kind == F_HOST or kind == F_XFF or kind == F_EXPECT:
+                out += (name, b": ", value, b"\r\n")
+            # other hop-by-hop fields (transfer-encoding included) are dropped: the
+            # framing towards the client is decided below
+        if named is not None:
+            out = strip_fields(out, 1, named)
         bodiless = self.is_head or status in _NO_BODY_STATUS
         if not bodiless and not has_length:
             if client.http11:
@@ -388,6 +399,12 @@ class Exchange:
             self._attempt_failed(code, message)
 
     def _on_head_timeout(self) -> None:
+        try:
+            self._head_timed_out()
+        finally:
+            flush()
+
+    def _head_timed_out(self) -> None:
         self._timer = None
         conn, self.upstream = self.upstream, None
         if conn is not None:

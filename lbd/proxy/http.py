@@ -12,7 +12,7 @@ from http import HTTPStatus
 import orjson
 
 __all__ = [
-    "HOP_BY_HOP", "status_line", "error_response", "RequestIds", "chunk", "LAST_CHUNK",
+    "HOP_BY_HOP", "FIELDS", "connection_tokens", "strip_fields", "status_line", "error_response", "RequestIds", "chunk", "LAST_CHUNK",
     "CONTINUE_100", "reason",
 ]
 
@@ -22,6 +22,36 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
+
+# Request and response fields the data plane acts on, looked up once per field with one
+# dict probe (the common case, a field to copy, misses).
+F_HOP, F_CONNECTION, F_TRANSFER_ENCODING, F_CONTENT_LENGTH, F_HOST, F_XFF, F_REQUEST_ID, F_EXPECT = range(8)
+FIELDS = {name: F_HOP for name in HOP_BY_HOP}
+FIELDS.update({
+    b"connection": F_CONNECTION, b"transfer-encoding": F_TRANSFER_ENCODING,
+    b"content-length": F_CONTENT_LENGTH, b"host": F_HOST, b"x-forwarded-for": F_XFF,
+    b"x-request-id": F_REQUEST_ID, b"expect": F_EXPECT,
+})
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes] | None:
+    """Fields a ``Connection`` header names besides ``keep-alive``/``close`` (they are
+    hop-by-hop too); ``None`` in the common case that it names none."""
+    lowered = value.lower()
+    if lowered in (b"keep-alive", b"close"):
+        return None
+    tokens = frozenset(t.strip() for t in lowered.split(b",")) - {b"keep-alive", b"close", b""}
+    return tokens or None
+
+
+def strip_fields(parts: list[bytes], start: int, names: frozenset[bytes]) -> list[bytes]:
+    """``parts`` holds fields as ``name, ": ", value, CRLF`` from ``start`` on: drop the named."""
+    kept = parts[:start]
+    for i in range(start, len(parts), 4):
+        if parts[i].lower() not in names:
+            kept += parts[i:i + 4]
+    return kept
+
 
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

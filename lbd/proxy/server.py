@@ -17,6 +17,7 @@ from lbd.log import AccessLog
 from lbd.proxy.downstream import ClientConnection
 from lbd.proxy.exchange import Exchange
 from lbd.proxy.http import RequestIds, error_response
+from lbd.proxy.outbox import flush
 from lbd.runtime import Runtime
 
 __all__ = ["ProxyServer"]
@@ -79,6 +80,8 @@ class ProxyServer:
                 self.sweep(self.loop.time())
             except Exception:  # the janitor must survive anything a sweep trips over
                 log.exception("janitor sweep failed")
+            finally:
+                flush()
 
     def sweep(self, now: float) -> None:
         limits = self.limits
@@ -87,9 +90,9 @@ class ProxyServer:
                 conn.write(error_response(408, "request_timeout", "request head not received in time",
                                           self.request_ids.next(), keep_alive=False))
                 conn.closing_after_current()
-                conn.transport.close()  # type: ignore[union-attr]
+                conn.close_now()
             elif conn.idle_for(now) > limits.keepalive_timeout:
-                conn.transport.close()  # type: ignore[union-attr]
+                conn.close_now()
         for backend in self.runtime.backends.values():
             backend.expire_idle(now)
         self.access_log.flush()
@@ -104,7 +107,7 @@ class ProxyServer:
             for conn in list(self.connections):
                 if conn.idle_for(self.loop.time()) >= 0 and conn.current is None and conn.receiving is None:
                     conn.closing_after_current()
-                    conn.transport.close()  # type: ignore[union-attr]
+                    conn.close_now()
                 elif conn.current is not None:
                     conn.current.keep_alive = False
             if not self.connections:

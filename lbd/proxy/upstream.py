@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from lbd.proxy.outbox import Corked, flush
+
 if TYPE_CHECKING:
     from lbd.proxy.exchange import Exchange
     from lbd.proxy.pool import Backend
@@ -23,8 +25,8 @@ class _StopParsing(Exception):
     """Raised from a parser callback to stop at the end of a HEAD response's head."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("backend", "transport", "parser", "exchange", "closed", "idle_since", "uses",
+class UpstreamConnection(Corked, asyncio.Protocol):
+    __slots__ = ("_out", "backend", "transport", "parser", "exchange", "closed", "idle_since", "uses",
                  "_headers", "_received", "_paused")
 
     def __init__(self, backend: Backend) -> None:
@@ -38,12 +40,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._received = False
         self._paused = False
+        self._out: list[bytes] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        finally:
+            flush()
+
+    def _receive(self, data: bytes) -> None:
         self._received = True
         if self.exchange is None:
             # Bytes on an idle connection: the backend broke framing. Never reuse it.
@@ -63,11 +72,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._out = None
         exchange = self.exchange
         if exchange is None:
             self.backend.forget(self)
         else:
             exchange.on_upstream_lost(self, exc)
+            flush()
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -125,9 +136,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         if self._paused:
             self.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
         if not self._paused and not self.closed:

@@ -1,0 +1,103 @@
+"""The data plane's Python cost per request, without sockets.
+
+Drives the real ClientConnection / Exchange / UpstreamConnection objects with in-memory
+transports: a request in, the upstream's response in, the client's response out. What is
+left when syscalls are taken away is what lbd's own code costs, so a change to the hot path
+can be judged on a busy machine too:
+
+    python bench/proxy/hotpath.py [--requests 200000] [--access-log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import time
+
+import uvloop
+
+from lbd.config import load_config_text
+from lbd.log import AccessLog
+from lbd.proxy.downstream import ClientConnection
+from lbd.proxy.server import ProxyServer
+from lbd.proxy.upstream import UpstreamConnection
+from lbd.runtime import Runtime
+
+CONFIG = """
+pools:
+  bench:
+    balancer: {algorithm: %s}
+    backends: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]
+"""
+REQUEST = (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n"
+           b"Content-Type: application/json\r\nContent-Length: 99\r\n\r\n" + b"x" * 99)
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 21:00:00 GMT\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n{\"ok\":true}")
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent += 1
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None:
+        self.closed = True
+    def abort(self) -> None:
+        self.closed = True
+
+
+async def main(requests: int, access_log: bool, algorithm: str, rounds: int = 5) -> None:
+    runtime = Runtime.build(load_config_text(CONFIG % algorithm))
+    server = ProxyServer(runtime, asyncio.get_running_loop(), AccessLog(access_log, io.BytesIO()))
+    client = ClientConnection(server)
+    client_transport = MemoryTransport()
+    client.connection_made(client_transport)
+    upstreams = []
+    for backend in runtime.pools["bench"].backends:
+        conn = UpstreamConnection(backend)
+        conn.connection_made(MemoryTransport())
+        backend.put_idle(conn, 0.0)
+        upstreams.append(conn)
+    best = float("inf")
+    for _ in range(rounds):
+        best = min(best, run_round(client, upstreams, server, requests))
+    assert client_transport.sent == requests * rounds, (client_transport.sent, requests)
+    sends = client_transport.sent + sum(u.transport.sent for u in upstreams)
+    print(f"{best / requests * 1e6:.2f} µs/request of Python, best of {rounds} rounds of {requests} "
+          f"(CPU time; {sends / requests / rounds:.1f} sends/request, access log {'on' if access_log else 'off'}, "
+          f"{algorithm})")
+
+
+def run_round(client, upstreams, server, requests: int) -> float:
+    started = time.process_time()
+    for index in range(requests):
+        client.data_received(REQUEST)
+        upstream = upstreams[index % 2] if upstreams[0].exchange is None and upstreams[1].exchange is None else \
+            (upstreams[0] if upstreams[0].exchange is not None else upstreams[1])
+        upstream.data_received(RESPONSE)
+        if index % 4096 == 0:
+            server.access_log.flush()
+    return time.process_time() - started
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--algorithm", default="round_robin")
+    args = parser.parse_args()
+    uvloop.run(main(args.requests, args.access_log, args.algorithm, args.rounds))
