@@ -39,6 +39,7 @@ class Daemon:
         runtime = Runtime.build(self.config)
         self.proxy = ProxyServer(runtime, loop)
         await self.proxy.start()
+        await runtime.start_health()  # READY only once every backend was probed
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -52,6 +53,7 @@ class Daemon:
             watchdog.cancel()
         log.info("stopping: draining requests in flight", extra={"grace_s": self.shutdown_grace})
         await self.proxy.shutdown(self.shutdown_grace)
+        await self.proxy.runtime.stop_health()
         if self.fleet is not None:
             await self.fleet.stop()
         log.info("stopped")
@@ -75,11 +77,12 @@ class Daemon:
             return False
         self.notifier.reloading()
         try:
-            return self._reload()
+            return await self._reload()
         finally:
             self.notifier.ready(self._status_line())
 
-    def _reload(self) -> bool:
+    async def _reload(self) -> bool:
+        assert self.proxy is not None and self.config_path is not None
         try:
             config = load_config(self.config_path)
             runtime = Runtime.build(config, previous=self.proxy.runtime)
@@ -87,6 +90,7 @@ class Daemon:
             self.reload_failures += 1
             log.error("reload refused: the file is not valid; nothing changed", extra={"errors": exc.messages})
             return False
+        await runtime.start_health(previous=self.proxy.runtime)
         self.proxy.swap(runtime)
         self.config = config
         self.reloads += 1

@@ -1,20 +1,28 @@
-"""The runtime: an immutable snapshot of pools, balancers and the router, built from one
-config. Hot reload builds a new one and swaps one reference; nothing is patched in place.
-Backends whose definition did not change are carried over, with their connections."""
+"""The runtime: an immutable snapshot of pools, balancers, resilience state and the router,
+built from one config. Hot reload builds a new one and swaps one reference; nothing is
+patched in place. Backends whose definition did not change are carried over, with their
+connections, breaker and health; outlier state and health verdicts are inherited."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 
 from lbd.balancing import registry
 from lbd.clock import MONOTONIC, Clock
 from lbd.config.model import BackendConfig, Config, PoolConfig, parse_address
+from lbd.health.checker import HealthChecker
+from lbd.proxy.admission import AdmissionQueue
 from lbd.proxy.pool import Backend, Pool
 from lbd.proxy.router import Router
+from lbd.resilience.breaker import CircuitBreaker
+from lbd.resilience.outlier import OutlierDetector
+from lbd.resilience.retry import RetryBudget, RetryPolicy
 
 __all__ = ["Runtime"]
 
+log = logging.getLogger("lbd.runtime")
 BackendKey = tuple[str, str, str, int, float]
 
 
@@ -30,19 +38,33 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, *, previous: Runtime | None = None,
               rng: random.Random | None = None, clock: Clock = MONOTONIC) -> Runtime:
+        rng = rng or random.Random()
         reuse = previous.backends if previous is not None else {}
         backends: dict[BackendKey, Backend] = {}
         pools: dict[str, Pool] = {}
         for name, pool_config in config.pools.items():
-            members = [cls._backend(name, pool_config, b, config, reuse, backends) for b in pool_config.backends]
-            balancer = registry.build(pool_config.balancer.algorithm, members, pool_config.balancer.options,
-                                      rng=rng or random.Random(), clock=clock)
-            pools[name] = Pool(name, pool_config, members, balancer)
+            members = [cls._backend(name, pool_config, b, config, reuse, backends, clock) for b in pool_config.backends]
+            pools[name] = pool = cls._pool(name, pool_config, members, rng, clock)
+            if previous is not None and name in previous.pools:
+                pool.outlier.inherit(previous.pools[name].outlier)
         return cls(config, pools, backends)
 
     @staticmethod
+    def _pool(name: str, config: PoolConfig, members: list[Backend], rng: random.Random, clock: Clock) -> Pool:
+        balancer = registry.build(config.balancer.algorithm, members, config.balancer.options, rng=rng, clock=clock)
+        limits = config.limits
+        queue = AdmissionQueue(limits.queue, limits.queue_timeout, limits.retry_after) if limits.queue else None
+        pool = Pool(name, config, members, balancer,
+                    outlier=OutlierDetector(config.outlier, clock, members),
+                    retry=RetryPolicy(config.retry, rng), budget=RetryBudget(config.retry.budget, clock), queue=queue)
+        if config.health_checked:
+            pool.checker = HealthChecker(name, members, config.health, models=config.match.models, clock=clock,
+                                         rng=rng, on_transition=lambda backend, healthy, result: pool.refresh())
+        return pool
+
+    @staticmethod
     def _backend(pool: str, pool_config: PoolConfig, spec: BackendConfig, config: Config,
-                 reuse: Mapping[BackendKey, Backend], built: dict[BackendKey, Backend]) -> Backend:
+                 reuse: Mapping[BackendKey, Backend], built: dict[BackendKey, Backend], clock: Clock) -> Backend:
         if spec.worker is not None:
             host, port = parse_address(config.workers[spec.worker].listen, default_host="127.0.0.1")
         else:
@@ -51,8 +73,36 @@ class Runtime:
         backend = reuse.get(key)
         if backend is None or backend.max_idle != pool_config.upstream.max_idle:
             backend = Backend(spec.display_name, host, port, spec.weight, pool_config.upstream)
+        breaker = backend.breaker
+        if not pool_config.breaker.enabled:
+            backend.breaker = None
+        elif breaker is None or breaker.config != pool_config.breaker:
+            backend.breaker = CircuitBreaker(pool_config.breaker, clock)
         built[key] = backend
         return backend
+
+    # -- health ----------------------------------------------------------------------------
+    async def start_health(self, previous: Runtime | None = None) -> None:
+        """Start this runtime's probes, taking over the verdicts of the previous runtime's
+        (which are stopped), and wait for one round so no request meets an unknown backend."""
+        checkers = [pool.checker for pool in self.pools.values() if pool.checker is not None]
+        if previous is not None:
+            for name, pool in self.pools.items():
+                old = previous.pools.get(name)
+                if pool.checker is not None and old is not None and old.checker is not None:
+                    pool.checker.inherit(old.checker)
+            await previous.stop_health()
+        for checker in checkers:
+            checker.start()
+        for checker in checkers:
+            await checker.first_round()
+        for pool in self.pools.values():
+            pool.refresh()
+
+    async def stop_health(self) -> None:
+        for pool in self.pools.values():
+            if pool.checker is not None:
+                await pool.checker.stop()
 
     def retired(self, successor: Runtime) -> list[Backend]:
         """Backends of this runtime that the successor no longer has."""

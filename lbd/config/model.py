@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
+from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig
 from lbd.config.units import Duration, Size
 from lbd_worker.config import WorkerConfig
 
@@ -249,7 +250,23 @@ class PoolConfig(Strict):
     balancer: BalancerConfig = BalancerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    health: HealthConfig = HealthConfig()
+    outlier: OutlierConfig = OutlierConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    retry: RetryConfig = RetryConfig()
+    limits: LimitsConfig = LimitsConfig()
     backends: list[BackendConfig] = Field(min_length=1)
+
+    @property
+    def speaks_kserve(self) -> bool:
+        """Routed by model name or served by lbd's own workers: KServe health probes apply."""
+        return bool(self.match.models) or any(b.worker is not None for b in self.backends)
+
+    @property
+    def health_checked(self) -> bool:
+        """Active checks need something to probe: a KServe pool, or a configured ``path``.
+        A plain-HTTP pool without a path relies on passive outlier detection alone."""
+        return self.health.enabled and (self.health.path is not None or self.speaks_kserve)
 
     @model_validator(mode="after")
     def _unique_names(self) -> PoolConfig:

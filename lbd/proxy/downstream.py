@@ -148,10 +148,9 @@ class ClientConnection(Corked, asyncio.Protocol):
         parser = self.parser
         self.http11 = parser.get_http_version() == "1.1"
         exchange = Exchange(self, parser.get_method(), self._url, self._headers, parser.should_keep_alive())
-        exchange.prepare()
         if exchange.body_mode != BODY_NONE:
             limit = self.server.limits.max_body_size
-            if limit and exchange.content_length > limit:
+            if limit and exchange.fields.content_length > limit:
                 raise _Reject(413, "body_too_large", f"request body exceeds {limit} bytes")
             self.receiving = exchange
         if self.current is None:

@@ -1,17 +1,19 @@
 """One request's way through the proxy, as a callback-driven state machine.
 
-No coroutine and no task on the common path: the client protocol's parser callbacks call
-into the exchange, which writes to a pooled upstream connection, whose parser callbacks
-call back into the exchange, which writes to the client. Bytes in, bytes out, within one
-``data_received`` where possible. Only a new upstream connection takes a task.
+No coroutine on the common path: the client protocol's parser callbacks call into the
+exchange, which writes to a pooled upstream connection, whose parser callbacks call back
+into the exchange, which writes to the client. Only a new upstream connection takes a task;
+waiting (admission queue, retry backoff, timeouts) is a timer.
 
 Invariants:
 - ``backend.inflight`` is incremented once per attempt and decremented exactly once, in
-  :meth:`_end_attempt`.
+  :meth:`_end_attempt`, which also feeds the breaker, the outlier detector and the balancer.
 - An upstream connection goes back to the pool only after a complete response to a
   completely sent request, with keep-alive on both readings.
-- Once the response head reached the client, a failure can only close the connection
-  (the client sees a truncated body); before that, it gets a JSON error with a status.
+- A try is retried only before the response head reached the client, within the attempts,
+  the deadline and the pool's retry budget, and, once its bytes may have reached the
+  backend, only when the request is idempotent and its body was kept. After that, a failure
+  can only close the connection: the client sees a truncated body, never a spliced one.
 """
 
 from __future__ import annotations
@@ -20,24 +22,26 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from lbd.proxy.http import (
-    CONTINUE_100, F_CONNECTION, F_CONTENT_LENGTH, F_EXPECT, F_HOST, F_REQUEST_ID, F_TRANSFER_ENCODING, F_XFF,
-    FIELDS, LAST_CHUNK, chunk, connection_tokens, error_response, status_line, strip_fields,
-)
+from lbd.proxy.admission import priority_of
+from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, RequestFields, request_head, response_head
+from lbd.proxy.http import CONTINUE_100, LAST_CHUNK, chunk, error_response
 from lbd.proxy.outbox import flush
 from lbd.proxy.upstream import UpstreamConnection
+from lbd.resilience.outlier import Outcome, outcome_of_status
+from lbd.resilience.retry import CONNECT_FAILURE, RESET, TIMEOUT
 
 if TYPE_CHECKING:
     from lbd.proxy.downstream import ClientConnection
     from lbd.proxy.pool import Backend, Pool
 
-__all__ = ["Exchange"]
+__all__ = ["Exchange", "BODY_NONE", "BODY_CHUNKED"]
 
-BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
-# Request bodies up to this size are kept so the request can be sent again on a fresh
-# connection when a pooled one turns out to be closed by the backend.
+# Request bodies up to this size are kept so the request can be sent again (a retry, or a
+# pooled connection the backend had closed).
 REPLAY_LIMIT = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+_SUCCESS = Outcome.SUCCESS
+_LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
 
 
 async def _open(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float) -> tuple:
@@ -48,11 +52,10 @@ async def _open(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: floa
 
 class Exchange:
     __slots__ = (
-        "client", "method", "url", "headers", "request_id", "keep_alive", "body_mode",
-        "request_done", "pool", "backend", "upstream", "tried", "started", "deadline",
-        "_head", "_buffer", "_buffered", "_replayable", "_timer", "_connecting",
-        "response_started", "response_chunked", "finished", "status", "_host", "_path",
-        "_attempt_started", "_expect_continue", "served_by", "content_length",
+        "client", "method", "url", "headers", "keep_alive", "fields", "request_done", "pool", "backend",
+        "upstream", "tried", "retries", "started", "deadline", "status", "served_by", "finished",
+        "response_started", "response_chunked", "_buffer", "_buffered", "_replayable", "_timer",
+        "_connecting", "_attempt_started", "_path", "_queued", "_failure",
     )
 
     def __init__(self, client: ClientConnection, method: bytes, url: bytes,
@@ -62,33 +65,40 @@ class Exchange:
         self.url = url
         self.headers = headers
         self.keep_alive = keep_alive
-        self.body_mode = BODY_NONE
-        self.content_length = 0
-        self.request_done = True
-        self.request_id = b""
+        self.fields: RequestFields = request_head(method, url, headers, client.client_ip_bytes, client.scheme,
+                                                  client.server.request_ids.next)
+        self.request_done = self.fields.body_mode == BODY_NONE
         self.pool: Pool | None = None
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
         self.tried: set[Backend] = set()
+        self.retries = 0
         self.started = 0.0
         self.deadline = 0.0
-        self._head = b""
+        self.status = 0
+        self.served_by = ""
+        self.finished = False
+        self.response_started = False
+        self.response_chunked = False
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._replayable = True
         self._timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task | None = None
         self._attempt_started = 0.0
-        self._expect_continue = False
-        self.response_started = False
-        self.response_chunked = False
-        self.finished = False
-        self.status = 0
-        self._host: bytes | None = None
         self._path: str | None = None
-        self.served_by = ""
+        self._queued = False
+        self._failure: tuple[int, str, str] | None = None
 
     # -- RequestView (what balancers and the router read) ----------------------------------
+    @property
+    def request_id(self) -> bytes:
+        return self.fields.request_id  # type: ignore[return-value]
+
+    @property
+    def body_mode(self) -> int:
+        return self.fields.body_mode
+
     @property
     def client_ip(self) -> str:
         return self.client.client_ip
@@ -102,12 +112,11 @@ class Exchange:
     @property
     def host(self) -> str:
         """The Host header without its port, lower-cased ("" when absent)."""
-        if self._host is None:
+        host = self.fields.host
+        if host is None:
             return ""
-        host = self._host.decode("latin-1").lower()
-        if host.startswith("["):
-            return host.partition("]")[0] + "]"
-        return host.partition(":")[0]
+        text = host.decode("latin-1").lower()
+        return text.partition("]")[0] + "]" if text.startswith("[") else text.partition(":")[0]
 
     @property
     def is_head(self) -> bool:
@@ -132,69 +141,28 @@ class Exchange:
 
     # -- start ---------------------------------------------------------------------------
     def begin(self) -> None:
-        """Route, build the upstream request head, and start the first attempt."""
+        """Route, set the deadline, and start the first attempt."""
         client = self.client
-        runtime = client.server.runtime
         self.started = time.monotonic()
-        now = client.loop.time()
-        self.pool = pool = runtime.router.route(self)
+        self.pool = pool = client.server.runtime.router.route(self)
         if pool is None:
             self.fail(404, "no_route", f"no pool serves {self.path}")
             return
         total = pool.timeouts.total
-        self.deadline = now + total if total > 0 else float("inf")
-        if self._expect_continue:
+        if self.fields.timeout_ms is not None:
+            total = self.fields.timeout_ms / 1000.0
+        self.deadline = client.loop.time() + total if total > 0 else float("inf")
+        pool.budget.record_request()
+        if self.fields.expect_continue:
             client.write(CONTINUE_100)
         self._attempt()
 
-    def prepare(self) -> None:
-        """One pass over the client's fields: the request head as sent upstream
-        (hop-by-hop fields removed, forwarding fields added), the body's framing, and the
-        fields routing needs."""
-        out = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
-        forwarded_for = request_id = named = None
-        fields = FIELDS
-        for name, value in self.headers:
-            kind = fields.get(name.lower())
-            if kind is None:
-                out += (name, b": ", value, b"\r\n")
-            elif kind == F_CONTENT_LENGTH:
-                self.body_mode = BODY_LENGTH if value.strip() != b"0" else BODY_NONE
-                self.content_length = int(value)  # llhttp already checked the digits
-                out += (name, b": ", value, b"\r\n")
-            elif kind == F_HOST:
-                self._host = value
-                out += (name, b": ", value, b"\r\n")
-            elif kind == F_TRANSFER_ENCODING:
-                self.body_mode = BODY_CHUNKED  # llhttp refused any coding but a final chunked
-            elif kind == F_CONNECTION:
-                named = connection_tokens(value)
-            elif kind == F_XFF:
-                forwarded_for = value
-            elif kind == F_REQUEST_ID:
-                request_id = value
-            elif kind == F_EXPECT:
-                self._expect_continue = value.lower() == b"100-continue"
-        if named is not None:
-            out = strip_fields(out, 4, named)
-        client = self.client
-        self.request_id = request_id or client.server.request_ids.next()
-        ip = client.client_ip_bytes
-        out += (b"x-forwarded-for: ", forwarded_for + b", " + ip if forwarded_for else ip,
-                b"\r\nx-forwarded-proto: ", client.scheme, b"\r\nx-request-id: ", self.request_id,
-                b"\r\ntransfer-encoding: chunked\r\n\r\n" if self.body_mode == BODY_CHUNKED else b"\r\n\r\n")
-        self._head = b"".join(out)
-        self.request_done = self.body_mode == BODY_NONE
-
     # -- attempts ----------------------------------------------------------------------
     def _attempt(self) -> None:
-        pool = self.pool
-        backend = pool.select(self, self.tried)  # type: ignore[union-attr]
+        pool: Pool = self.pool  # type: ignore[assignment]
+        backend, saturated = pool.select(self, self.tried)
         if backend is None:
-            if self.tried:
-                self.fail(502, "upstream_failed", f"every backend of pool {pool.name!r} failed")
-            else:
-                self.fail(503, "no_backend", f"no backend of pool {pool.name!r} is available")
+            self._no_backend(pool, saturated)
             return
         self.backend = backend
         self.tried.add(backend)
@@ -206,6 +174,38 @@ class Exchange:
             self._attach(conn)
         else:
             self._connect(backend)
+
+    def _no_backend(self, pool: Pool, saturated: bool) -> None:
+        queue = pool.queue
+        if saturated and queue is not None:
+            if queue.push(self, priority_of(self.header(pool.config.limits.priority_header)), front=self._queued):
+                self._queued = True
+                loop = self.client.loop
+                self._timer = loop.call_at(min(loop.time() + queue.timeout, self.deadline), self._on_queue_timeout)
+                return
+            self._shed("queue_full", f"pool {pool.name!r} is at capacity and its queue is full")
+        elif saturated:
+            self._shed("saturated", f"every backend of pool {pool.name!r} is at its in-flight limit")
+        elif self._failure is not None:
+            self.fail(*self._failure)
+        else:
+            self.fail(503, "no_backend", f"no backend of pool {pool.name!r} is available")
+
+    def _shed(self, code: str, message: str) -> None:
+        seconds = self.pool.config.limits.retry_after  # type: ignore[union-attr]
+        self.fail(503, code, message, (b"retry-after", b"%d" % max(1, round(seconds))))
+
+    def _on_queue_timeout(self) -> None:
+        self._timer = None
+        self.pool.queue.remove(self)  # type: ignore[union-attr]
+        self.pool.queue.shed_timeout += 1  # type: ignore[union-attr]
+        self._shed("queue_timeout", f"no backend of pool {self.pool.name!r} freed up in time")  # type: ignore[union-attr]
+        flush()
+
+    def admit(self) -> None:
+        """Called by the pool when a backend slot frees up for this queued request."""
+        self._cancel_timer()
+        self._attempt()
 
     def _connect(self, backend: Backend) -> None:
         loop = self.client.loop
@@ -228,61 +228,108 @@ class Exchange:
         if task.cancelled():
             return
         exc = task.exception()
+        name = self.backend.name  # type: ignore[union-attr]
         if exc is None:
             self._attach(task.result()[1])
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-            self._attempt_failed("connect_timeout", f"connecting to {self.backend.name} timed out")  # type: ignore[union-attr]
+            self._attempt_failed(CONNECT_FAILURE, 504, "connect_timeout", f"connecting to {name} timed out")
         else:
-            self._attempt_failed("connect_failed", f"cannot connect to {self.backend.name}: {exc}")  # type: ignore[union-attr]
+            self._attempt_failed(CONNECT_FAILURE, 502, "connect_failed", f"cannot connect to {name}: {exc}")
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         conn.attach(self)
+        head = self.fields.head if self.fields.host is not None else self._with_host(conn.backend)
         data = self._buffer
-        head = self._head if self._host is not None else self._with_host(conn.backend)
         conn.write(head + b"".join(data) if data else head)
         if not self._replayable:
             self._buffer = []
-            self._buffered = 0
         self.client.resume_reading_for_body()
         loop = self.client.loop
-        limit = min(loop.time() + self.pool.timeouts.per_try, self.deadline)  # type: ignore[union-attr]
-        self._timer = loop.call_at(limit, self._on_head_timeout)
+        pool: Pool = self.pool  # type: ignore[assignment]
+        per_try = pool.retry.config.per_try_timeout or pool.timeouts.per_try
+        self._timer = loop.call_at(min(loop.time() + per_try, self.deadline), self._on_head_timeout)
 
     def _with_host(self, backend: Backend) -> bytes:
         """HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require it (RFC 9112 3.2)."""
-        line_end = self._head.index(b"\r\n") + 2
-        return b"%bhost: %b:%d\r\n%b" % (self._head[:line_end], backend.host.encode(), backend.port,
-                                          self._head[line_end:])
+        head = self.fields.head
+        line_end = head.index(b"\r\n") + 2
+        return b"%bhost: %b:%d\r\n%b" % (head[:line_end], backend.host.encode(), backend.port, head[line_end:])
 
-    def _end_attempt(self, ok: bool) -> None:
+    def _end_attempt(self, outcome: Outcome | None) -> None:
+        """Close the books on the current attempt; ``None``: abandoned, no verdict."""
         backend = self.backend
         if backend is None:
             return
         self.backend = None
         backend.inflight -= 1
-        if not ok:
-            backend.failures += 1
-        self.pool.balancer.observe(backend, time.monotonic() - self._attempt_started, ok)  # type: ignore[union-attr]
+        pool: Pool = self.pool  # type: ignore[assignment]
+        breaker = backend.breaker
+        if outcome is None:
+            if breaker is not None:
+                breaker.release_trial()
+        else:
+            if outcome is not _SUCCESS:
+                backend.failures += 1
+            if breaker is not None:
+                breaker.on_success() if outcome is _SUCCESS else breaker.on_failure()
+            pool.outlier.on_result(backend, outcome)
+            pool.balancer.observe(backend, time.monotonic() - self._attempt_started, outcome is _SUCCESS)
+        queue = pool.queue
+        if queue is not None and len(queue):
+            waiting = queue.pop()
+            if waiting is not None:
+                waiting.admit()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _attempt_failed(self, code: str, message: str) -> None:
-        """An attempt failed before any response byte reached the client."""
+    # -- retries -------------------------------------------------------------------------
+    def _attempt_failed(self, failure: str, status: int, code: str, message: str, *, sent: bool = True) -> None:
+        """A try failed before any response byte reached the client: retry or answer."""
         self._cancel_timer()
-        self._end_attempt(False)
-        status = 504 if code.endswith("timeout") else 502
-        self.fail(status, code, message)
+        self._end_attempt(_LOCAL)
+        self._failure = (status, code, message)
+        if not self._retry(failure=failure, sent=sent and failure != CONNECT_FAILURE):
+            self.fail(status, code, message)
+
+    def _retry(self, *, failure: str | None = None, status: int | None = None, retry_after: float | None = None,
+               sent: bool = True) -> bool:
+        """Schedule another try if the policy, the attempts, the deadline and the budget
+        all allow it; the budget is asked last, so only real retries spend it."""
+        pool: Pool = self.pool  # type: ignore[assignment]
+        policy = pool.retry
+        if self.retries + 1 >= policy.attempts or self.finished:
+            return False
+        if not policy.classify(self.method, status=status, failure=failure, sent=sent).retry:
+            return False
+        if sent and not (self._replayable and self.request_done or self.fields.body_mode == BODY_NONE):
+            return False  # the body is gone (too large to keep, or still streaming in)
+        delay = policy.backoff(self.retries)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        loop = self.client.loop
+        if loop.time() + delay >= self.deadline or not pool.budget.try_spend():
+            return False
+        self.retries += 1
+        self._timer = loop.call_later(delay, self._on_backoff_done)
+        return True
+
+    def _on_backoff_done(self) -> None:
+        self._timer = None
+        try:
+            self._attempt()
+        finally:
+            flush()
 
     # -- request body (from the client) --------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
         if self.finished:
             return
         conn = self.upstream
-        framed = chunk(data) if self.body_mode == BODY_CHUNKED else data
+        framed = chunk(data) if self.fields.body_mode == BODY_CHUNKED else data
         if self._replayable:
             self._buffered += len(framed)
             if self._buffered > REPLAY_LIMIT:
@@ -291,63 +338,47 @@ class Exchange:
                 self._buffer.append(framed)
         if conn is not None:
             conn.write(framed)
-        elif self._buffered > REPLAY_LIMIT:
-            self.client.pause_reading_for_body()  # bounded until the connection is there
+        elif not self._replayable:
+            self.client.pause_reading_for_body()  # bounded until a connection takes it
 
     def on_request_end(self) -> None:
         self.request_done = True
-        if self.finished:
+        if self.finished or self.fields.body_mode != BODY_CHUNKED:
             return
-        if self.body_mode == BODY_CHUNKED:
-            conn = self.upstream
-            if conn is None or self._replayable:
-                self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
-            if conn is not None:
-                conn.write(LAST_CHUNK)
+        conn = self.upstream
+        if conn is None or self._replayable:
+            self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
+        if conn is not None:
+            conn.write(LAST_CHUNK)
 
     # -- response (from the upstream) ----------------------------------------------------
-    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]],
-                         upstream_keep_alive: bool, version: str) -> None:
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool,
+                         version: str) -> None:
         self._cancel_timer()
+        out, has_length, request_id_seen, retry_after = response_head(status, headers)
+        pool: Pool = self.pool  # type: ignore[assignment]
+        if status >= 500 or status == 429:
+            if self._retry_status(pool, status, retry_after):
+                return
         self.status = status
         self.response_started = True
-        self._end_attempt(True)
+        conn = self.upstream
+        self.served_by = conn.backend.name if conn is not None else ""
+        self._end_attempt(outcome_of_status(status) if status >= 500 else _SUCCESS)
         client = self.client
         if not self.request_done:
             self.keep_alive = False  # the backend answered early; the rest cannot be framed
-        out = [status_line(status)]
-        has_length = request_id_seen = False
-        named = None
-        fields = FIELDS
-        for name, value in headers:
-            kind = fields.get(name.lower())
-            if kind is None:
-                out += (name, b": ", value, b"\r\n")
-            elif kind == F_CONTENT_LENGTH:
-                has_length = True
-                out += (name, b": ", value, b"\r\n")
-            elif kind == F_REQUEST_ID:
-                request_id_seen = True
-                out += (name, b": ", value, b"\r\n")
-            elif kind == F_CONNECTION:
-                named = connection_tokens(value)
-            elif kind == F_HOST or kind == F_XFF or kind == F_EXPECT:
-                out += (name, b": ", value, b"\r\n")
-            # other hop-by-hop fields (transfer-encoding included) are dropped: the
-            # framing towards the client is decided below
-        if named is not None:
-            out = strip_fields(out, 1, named)
-        bodiless = self.is_head or status in _NO_BODY_STATUS
-        if not bodiless and not has_length:
+        if not (self.is_head or status in _NO_BODY_STATUS) and not has_length:
             if client.http11:
                 self.response_chunked = True
                 out.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # HTTP/1.0 client: the end of the body is the close
-        self.served_by = backend_name = self.upstream.backend.name if self.upstream else ""
-        out += (b"x-lbd-backend: ", backend_name.encode(), b"\r\n")
+        out += (b"x-lbd-backend: ", self.served_by.encode(), b"\r\n")
         if not request_id_seen:
-            out += (b"x-request-id: ", self.request_id, b"\r\n")
+            out += (b"x-request-id: ", self.fields.request_id, b"\r\n")  # type: ignore[arg-type]
+        if self.retries:
+            out.append(b"x-lbd-attempts: %d\r\n" % (self.retries + 1))
         if not self.keep_alive:
             out.append(b"connection: close\r\n\r\n")
         elif not client.http11:
@@ -356,10 +387,25 @@ class Exchange:
             out.append(b"\r\n")
         client.write(b"".join(out))
 
+    def _retry_status(self, pool: Pool, status: int, retry_after_value: bytes | None) -> bool:
+        """A retriable status: drop this answer (and its connection) and try again."""
+        retry_after = None
+        if retry_after_value is not None and status in (429, 503):
+            retry_after = pool.retry.retry_after(retry_after_value.decode("latin-1"), time.time())
+        backend_name = self.backend.name if self.backend else "?"
+        conn, self.upstream = self.upstream, None
+        self._end_attempt(outcome_of_status(status))
+        if not self._retry(status=status, retry_after=retry_after):
+            self.upstream = conn  # forward this answer after all
+            self.backend = None
+            return False
+        if conn is not None:
+            conn.close()
+        self._failure = (status, "upstream_status", f"{backend_name} answered {status}")
+        return True
+
     def on_response_body(self, data: bytes) -> None:
-        if self.response_chunked:
-            data = chunk(data)
-        self.client.write(data)
+        self.client.write(chunk(data) if self.response_chunked else data)
 
     def on_response_end(self, conn: UpstreamConnection, upstream_keep_alive: bool) -> None:
         if self.response_chunked:
@@ -387,7 +433,7 @@ class Exchange:
             self._connect(self.backend)  # type: ignore[arg-type]
             return
         reason = f"backend {conn.backend.name} closed the connection" + (f": {exc}" if exc else "")
-        self._attempt_failed("upstream_reset", reason)
+        self._attempt_failed(RESET, 502, "upstream_reset", reason)
 
     def on_upstream_failed(self, code: str, message: str, conn: UpstreamConnection) -> None:
         if conn is not self.upstream:
@@ -396,26 +442,23 @@ class Exchange:
         if self.response_started:
             self._abort_response()
         else:
-            self._attempt_failed(code, message)
+            self._attempt_failed(RESET, 502, code, message)
 
     def _on_head_timeout(self) -> None:
         try:
-            self._head_timed_out()
+            self._timer = None
+            conn, self.upstream = self.upstream, None
+            if conn is not None:
+                conn.close()
+            name = self.backend.name if self.backend else "?"
+            overall = self.client.loop.time() >= self.deadline
+            self._attempt_failed(TIMEOUT, 504, "timeout", f"{'request' if overall else 'try'} timed out waiting for {name}")
         finally:
             flush()
 
-    def _head_timed_out(self) -> None:
-        self._timer = None
-        conn, self.upstream = self.upstream, None
-        if conn is not None:
-            conn.close()
-        name = self.backend.name if self.backend else "?"
-        overall = self.client.loop.time() >= self.deadline
-        self._attempt_failed("timeout", f"{'request' if overall else 'try'} timed out waiting for {name}")
-
     def _abort_response(self) -> None:
         """The response head is out: the only honest signal left is closing the connection."""
-        self._end_attempt(False)
+        self._end_attempt(_LOCAL)
         self.keep_alive = False
         self.finished = True
         self.client.abort_after_write()
@@ -432,21 +475,23 @@ class Exchange:
             return
         self.finished = True
         self._cancel_timer()
+        if self._queued and self.pool is not None and self.pool.queue is not None:
+            self.pool.queue.remove(self)
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
         conn, self.upstream = self.upstream, None
         if conn is not None:
             conn.close()
-        self._end_attempt(False)
+        self._end_attempt(None)
 
-    def fail(self, status: int, code: str, message: str) -> None:
+    def fail(self, status: int, code: str, message: str, *extra_headers: tuple[bytes, bytes]) -> None:
         """Answer with a JSON error; only possible before the response head went out."""
         if not self.request_done:
             self.keep_alive = False
         self.status = status
-        self.client.write(error_response(status, code, message, self.request_id or
-                                         self.client.server.request_ids.next(), keep_alive=self.keep_alive))
+        self.client.write(error_response(status, code, message, self.fields.request_id,  # type: ignore[arg-type]
+                                         keep_alive=self.keep_alive, extra_headers=extra_headers))
         self._finish()
 
     def _finish(self) -> None:

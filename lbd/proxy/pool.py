@@ -1,7 +1,9 @@
-"""Runtime state of pools and backends: what the balancer reads, plus idle connections.
+"""Runtime state of pools and backends: what the balancer reads, the filters applied
+outside it (health, drain, ejection, saturation, breaker), and idle connections.
 
-A :class:`Backend` outlives reloads when its config does not change (the runtime builder
-hands the same object to the new runtime), so its pooled connections and counters survive.
+A :class:`Backend` outlives reloads when its definition does not change (the runtime
+builder hands the same object to the new runtime), so its pooled connections, breaker and
+counters survive.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from typing import TYPE_CHECKING
 
 from lbd.balancing.base import Balancer, RequestView
 from lbd.config.model import PoolConfig, TimeoutsConfig, UpstreamConfig
+from lbd.resilience.breaker import CircuitBreaker
+from lbd.resilience.outlier import OutlierDetector
+from lbd.resilience.retry import RetryBudget, RetryPolicy
 
 if TYPE_CHECKING:
+    from lbd.proxy.admission import AdmissionQueue
     from lbd.proxy.upstream import UpstreamConnection
 
 __all__ = ["Backend", "Pool"]
@@ -20,12 +26,14 @@ __all__ = ["Backend", "Pool"]
 
 class Backend:
     """One upstream endpoint. ``weight`` and ``inflight`` are plain attributes because the
-    balancer reads them on every pick."""
+    balancer reads them on every pick. ``available`` is the health checker's verdict;
+    ``drained`` is the operator's (admin API), kept apart so neither overwrites the other."""
 
-    __slots__ = ("name", "host", "port", "weight", "config_weight", "inflight", "available",
-                 "max_idle", "idle_timeout", "_idle", "requests", "failures")
+    __slots__ = ("name", "host", "port", "weight", "config_weight", "inflight", "available", "drained",
+                 "breaker", "max_idle", "idle_timeout", "_idle", "requests", "failures")
 
-    def __init__(self, name: str, host: str, port: int, weight: float, upstream: UpstreamConfig) -> None:
+    def __init__(self, name: str, host: str, port: int, weight: float, upstream: UpstreamConfig,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -33,6 +41,8 @@ class Backend:
         self.weight = weight
         self.inflight = 0
         self.available = True
+        self.drained = False
+        self.breaker = breaker
         self.max_idle = upstream.max_idle
         self.idle_timeout = upstream.idle_timeout
         self._idle: list[UpstreamConnection] = []
@@ -86,20 +96,61 @@ class Backend:
 
 
 class Pool:
-    """Backends, the balancer over them, and the pool's timeouts."""
+    """Backends, the balancer over them, and the pool's resilience state."""
 
-    __slots__ = ("name", "config", "backends", "balancer", "timeouts")
+    __slots__ = ("name", "config", "backends", "balancer", "timeouts", "outlier", "retry", "budget",
+                 "max_inflight", "queue", "panic", "checker")
 
-    def __init__(self, name: str, config: PoolConfig, backends: Iterable[Backend], balancer: Balancer) -> None:
+    def __init__(self, name: str, config: PoolConfig, backends: Iterable[Backend], balancer: Balancer, *,
+                 outlier: OutlierDetector, retry: RetryPolicy, budget: RetryBudget,
+                 queue: AdmissionQueue | None) -> None:
         self.name = name
         self.config = config
         self.backends = tuple(backends)
         self.balancer = balancer
         self.timeouts: TimeoutsConfig = config.timeouts
+        self.outlier = outlier
+        self.retry = retry
+        self.budget = budget
+        self.max_inflight = config.limits.max_inflight_per_backend
+        self.queue = queue
+        self.panic = False
+        """Too few backends are usable: route to all of them rather than to a few or none."""
+        self.checker = None
 
-    def select(self, request: RequestView, tried: frozenset[Backend] | set[Backend] = frozenset()) -> Backend | None:
-        """The balancer's first candidate that is available and not yet tried."""
+    def usable(self, backend: Backend) -> bool:
+        return backend.available and not backend.drained and not self.outlier.is_ejected(backend)
+
+    def refresh(self) -> None:
+        """Recount usable backends (on health transitions, ejections, and every janitor tick,
+        which also ends expired ejections) and enter or leave panic mode."""
+        usable = sum(1 for backend in self.backends if self.usable(backend))
+        self.panic = self.outlier.in_panic(usable, len(self.backends))
+
+    def select(self, request: RequestView, tried: set[Backend]) -> tuple[Backend | None, bool]:
+        """The balancer's first candidate that passes every filter, and whether some were
+        passed over only because they were saturated (the caller may queue then).
+
+        A retry prefers a backend not yet tried, but takes a tried one over none. The
+        breaker is asked last: in half-open it hands out a limited number of trials.
+        """
+        limit, panic, outlier = self.max_inflight, self.panic, self.outlier
+        saturated = False
+        fallback = None
         for backend in self.balancer.candidates(request):
-            if backend.available and backend not in tried:
-                return backend
-        return None
+            if backend.drained:
+                continue
+            if not panic and (not backend.available or outlier.is_ejected(backend)):
+                continue
+            if limit and backend.inflight >= limit:
+                saturated = True
+                continue
+            if backend in tried:
+                fallback = fallback or backend
+                continue
+            breaker = backend.breaker
+            if breaker is None or breaker.allow():
+                return backend, False
+        if fallback is not None and (fallback.breaker is None or fallback.breaker.allow()):
+            return fallback, False
+        return None, saturated

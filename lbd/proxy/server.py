@@ -95,6 +95,8 @@ class ProxyServer:
                 conn.close_now()
         for backend in self.runtime.backends.values():
             backend.expire_idle(now)
+        for pool in self.runtime.pools.values():
+            pool.refresh()  # ends expired ejections; enters or leaves panic mode
         self.access_log.flush()
 
     async def shutdown(self, grace: float) -> None:

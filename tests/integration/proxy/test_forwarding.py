@@ -199,10 +199,13 @@ def test_per_try_timeout_answers_504_on_time(lbd, upstreams):
     assert 0.25 < elapsed < 1.5
 
 
-def test_dead_backend_answers_502_with_reason(lbd, upstreams):
-    dead = TWO.replace("{{url: \"http://127.0.0.1:{b}\"}}", "{{url: \"http://127.0.0.1:{dead}\"}}")
+DEAD = TWO.replace("{{url: \"http://127.0.0.1:{b}\"}}", "{{url: \"http://127.0.0.1:{dead}\"}}").replace(
+    "    backends:", "    retry: {{attempts: {attempts}}}\n    health: {{enabled: false}}\n    backends:")
+
+
+def test_dead_backend_answers_502_with_reason_when_retries_are_off(lbd, upstreams):
     from tests.support.procs import free_port
-    _, port = lbd(dead, per_try="2s", a=upstreams["a"], b=0, dead=free_port())
+    _, port = lbd(DEAD, per_try="2s", a=upstreams["a"], dead=free_port(), attempts=1)
     statuses = []
     for _ in range(4):
         response, body, _ = request(port, "GET", "/echo")
@@ -211,3 +214,14 @@ def test_dead_backend_answers_502_with_reason(lbd, upstreams):
             payload = json.loads(body)
             assert payload["code"] == "connect_failed" and "cannot connect" in payload["error"]
     assert sorted(statuses) == [200, 200, 502, 502]
+
+
+def test_connect_failure_is_retried_on_the_other_backend(lbd, upstreams):
+    from tests.support.procs import free_port
+    _, port = lbd(DEAD, per_try="2s", a=upstreams["a"], dead=free_port(), attempts=3)
+    attempts = []
+    for _ in range(4):
+        response, body, _ = request(port, "POST", "/echo", b"{}")
+        assert response.status == 200 and response.getheader("x-upstream") == "a"
+        attempts.append(response.getheader("x-lbd-attempts"))
+    assert "2" in attempts  # the round robin sent some to the dead one first
