@@ -14,7 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "support" / "upstream.py"
 
-__all__ = ["ROOT", "free_port", "wait_for", "wait_port", "Proc", "start_upstream", "start_lbd"]
+__all__ = ["ROOT", "free_port", "wait_for", "wait_port", "Proc", "start_upstream", "start_lbd", "upstream_requests"]
+
+
+def upstream_requests(port: int) -> int:
+    """How many requests the test upstream on ``port`` answered."""
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+        return json.load(response)["requests"]
 
 
 def free_port() -> int:
@@ -61,7 +69,8 @@ class Proc:
         return self.popen.pid
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
@@ -82,9 +91,10 @@ class Proc:
         return self.popen.returncode
 
 
-def start_upstream(tmp: Path, name: str, port: int | None = None) -> tuple[Proc, int]:
+def start_upstream(tmp: Path, name: str, port: int | None = None, *extra: str) -> tuple[Proc, int]:
     port = port or free_port()
-    proc = Proc([sys.executable, str(UPSTREAM), "--port", str(port), "--name", name], tmp / f"upstream-{name}.log")
+    proc = Proc([sys.executable, str(UPSTREAM), "--port", str(port), "--name", name, *extra],
+                tmp / f"upstream-{name}-{port}.log")
     wait_port(port)
     return proc, port
 

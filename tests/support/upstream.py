@@ -10,6 +10,8 @@ Every response carries ``x-upstream: NAME``. Endpoints:
   GET /slow?delay=S       answers after S seconds
   GET /status/CODE        answers CODE with a JSON body
   GET /close              answers with ``connection: close``
+  GET /stats              how many requests this server answered (itself not counted)
+With ``--fail-status 503`` every request but /stats gets that status.
 """
 
 from __future__ import annotations
@@ -93,9 +95,27 @@ async def close(request: web.Request) -> web.Response:
     return response
 
 
-def make_app(name: str) -> web.Application:
-    app = web.Application(client_max_size=2**40)
+@web.middleware
+async def counting(request: web.Request, handler):
+    """Counts requests; ``/stats`` reads the count; ``--fail-status`` answers every other
+    path with that status (a backend that is up but failing)."""
+    if request.path == "/stats":
+        return _json(request, {"requests": request.app["requests"]})
+    request.app["requests"] += 1
+    failing = request.app["fail_status"]
+    if failing:
+        await request.read()
+        headers = {"retry-after": request.app["retry_after"]} if request.app["retry_after"] else {}
+        return _json(request, {"failing": failing}, status=failing, **headers)
+    return await handler(request)
+
+
+def make_app(name: str, fail_status: int = 0, retry_after: str = "") -> web.Application:
+    app = web.Application(client_max_size=2**40, middlewares=[counting])
     app["name"] = name
+    app["requests"] = 0
+    app["fail_status"] = fail_status
+    app["retry_after"] = retry_after
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_route("*", "/v2/{tail:.*}", echo)
@@ -112,8 +132,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="upstream")
+    parser.add_argument("--fail-status", type=int, default=0)
+    parser.add_argument("--retry-after", default="")
     args = parser.parse_args()
-    web.run_app(make_app(args.name), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(make_app(args.name, args.fail_status, args.retry_after), host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":
