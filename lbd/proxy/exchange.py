@@ -23,8 +23,9 @@ import time
 from typing import TYPE_CHECKING
 
 from lbd.proxy.admission import priority_of
-from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, RequestFields, request_head, response_head
+from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, response_head
 from lbd.proxy.http import CONTINUE_100, LAST_CHUNK, chunk, error_response
+from lbd.proxy.request import REPLAY_LIMIT, Request
 from lbd.proxy.outbox import flush
 from lbd.proxy.upstream import UpstreamConnection
 from lbd.resilience.outlier import Outcome, outcome_of_status
@@ -34,11 +35,8 @@ if TYPE_CHECKING:
     from lbd.proxy.downstream import ClientConnection
     from lbd.proxy.pool import Backend, Pool
 
-__all__ = ["Exchange", "BODY_NONE", "BODY_CHUNKED"]
+__all__ = ["Exchange", "BODY_NONE", "BODY_CHUNKED", "REPLAY_LIMIT"]
 
-# Request bodies up to this size are kept so the request can be sent again (a retry, or a
-# pooled connection the backend had closed).
-REPLAY_LIMIT = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 _SUCCESS = Outcome.SUCCESS
 _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
@@ -50,24 +48,18 @@ async def _open(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: floa
     return await asyncio.wait_for(loop.create_connection(factory, backend.host, backend.port), timeout)
 
 
-class Exchange:
+class Exchange(Request):
+    """A request and the attempts to get it answered."""
+
     __slots__ = (
-        "client", "method", "url", "headers", "keep_alive", "fields", "request_done", "pool", "backend",
-        "upstream", "tried", "retries", "started", "deadline", "status", "served_by", "finished",
-        "response_started", "response_chunked", "_buffer", "_buffered", "_replayable", "_timer",
-        "_connecting", "_attempt_started", "_path", "_queued", "_failure",
+        "pool", "backend", "upstream", "tried", "retries", "started", "deadline", "status", "served_by",
+        "response_started", "response_chunked", "_timer", "_connecting", "_attempt_started", "_queued",
+        "_failure",
     )
 
     def __init__(self, client: ClientConnection, method: bytes, url: bytes,
                  headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
-        self.client = client
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.fields: RequestFields = request_head(method, url, headers, client.client_ip_bytes, client.scheme,
-                                                  client.server.request_ids.next)
-        self.request_done = self.fields.body_mode == BODY_NONE
+        super().__init__(client, method, url, headers, keep_alive)
         self.pool: Pool | None = None
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
@@ -77,67 +69,13 @@ class Exchange:
         self.deadline = 0.0
         self.status = 0
         self.served_by = ""
-        self.finished = False
         self.response_started = False
         self.response_chunked = False
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._replayable = True
         self._timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task | None = None
         self._attempt_started = 0.0
-        self._path: str | None = None
         self._queued = False
         self._failure: tuple[int, str, str] | None = None
-
-    # -- RequestView (what balancers and the router read) ----------------------------------
-    @property
-    def request_id(self) -> bytes:
-        return self.fields.request_id  # type: ignore[return-value]
-
-    @property
-    def body_mode(self) -> int:
-        return self.fields.body_mode
-
-    @property
-    def client_ip(self) -> str:
-        return self.client.client_ip
-
-    @property
-    def path(self) -> str:
-        if self._path is None:
-            self._path = self.url.partition(b"?")[0].decode("latin-1")
-        return self._path
-
-    @property
-    def host(self) -> str:
-        """The Host header without its port, lower-cased ("" when absent)."""
-        host = self.fields.host
-        if host is None:
-            return ""
-        text = host.decode("latin-1").lower()
-        return text.partition("]")[0] + "]" if text.startswith("[") else text.partition(":")[0]
-
-    @property
-    def is_head(self) -> bool:
-        return self.method == b"HEAD"
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
-
-    def cookie(self, name: str) -> str | None:
-        cookies = self.header("cookie")
-        if cookies is None:
-            return None
-        for part in cookies.split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key == name:
-                return value
-        return None
 
     # -- start ---------------------------------------------------------------------------
     def begin(self) -> None:
@@ -323,33 +261,6 @@ class Exchange:
             self._attempt()
         finally:
             flush()
-
-    # -- request body (from the client) --------------------------------------------------
-    def on_request_body(self, data: bytes) -> None:
-        if self.finished:
-            return
-        conn = self.upstream
-        framed = chunk(data) if self.fields.body_mode == BODY_CHUNKED else data
-        if self._replayable:
-            self._buffered += len(framed)
-            if self._buffered > REPLAY_LIMIT:
-                self._replayable = False
-            if conn is None or self._replayable:
-                self._buffer.append(framed)
-        if conn is not None:
-            conn.write(framed)
-        elif not self._replayable:
-            self.client.pause_reading_for_body()  # bounded until a connection takes it
-
-    def on_request_end(self) -> None:
-        self.request_done = True
-        if self.finished or self.fields.body_mode != BODY_CHUNKED:
-            return
-        conn = self.upstream
-        if conn is None or self._replayable:
-            self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
-        if conn is not None:
-            conn.write(LAST_CHUNK)
 
     # -- response (from the upstream) ----------------------------------------------------
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool,

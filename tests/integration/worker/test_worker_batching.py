@@ -45,7 +45,7 @@ def test_concurrent_requests_are_batched(worker_factory):
     labels = 'model="classifier",version="1"'
     assert _metric(worker, f"nv_inference_count{{{labels}}}") == 32
     assert _metric(worker, f"nv_inference_exec_count{{{labels}}}") <= 8  # 32 requests in few batches
-    assert _metric(worker, f'lbd_worker_batch_size_bucket{{le="1.0",model="classifier",version="1"}}') <= 4
+    assert _metric(worker, 'lbd_worker_batch_size_bucket{le="1.0",model="classifier",version="1"}') <= 4
 
 
 @pytest.fixture(scope="module")

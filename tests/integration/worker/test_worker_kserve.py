@@ -164,3 +164,11 @@ def _sample(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{series} not in /metrics")
+
+
+@pytest.mark.parametrize(("request_compression", "response_compression"),
+                         [("gzip", None), ("deflate", None), (None, "gzip")])
+def test_compressed_bodies(client, request_compression, response_compression):
+    result = client.infer("classifier", [_features(2)], request_compression_algorithm=request_compression,
+                          response_compression_algorithm=response_compression)
+    assert result.as_numpy("label").shape == (2,)

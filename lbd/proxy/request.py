@@ -1,0 +1,119 @@
+"""What a client sent: its fields, the view balancers and the router read, and its body,
+kept while small enough that the request can be sent again."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, RequestFields, request_head
+from lbd.proxy.http import LAST_CHUNK, chunk
+
+if TYPE_CHECKING:
+    from lbd.proxy.downstream import ClientConnection
+    from lbd.proxy.upstream import UpstreamConnection
+
+__all__ = ["Request", "REPLAY_LIMIT"]
+
+# Request bodies up to this size are kept so the request can be sent again (a retry, or a
+# pooled connection the backend had closed); larger ones stream and are not retried once sent.
+REPLAY_LIMIT = 64 * 1024
+
+
+class Request:
+    __slots__ = ("client", "method", "url", "headers", "keep_alive", "fields", "request_done", "finished",
+                 "_buffer", "_buffered", "_replayable", "_path")
+
+    upstream: UpstreamConnection | None
+
+    def __init__(self, client: ClientConnection, method: bytes, url: bytes,
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.client = client
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.fields: RequestFields = request_head(method, url, headers, client.client_ip_bytes, client.scheme,
+                                                  client.server.request_ids.next)
+        self.request_done = self.fields.body_mode == BODY_NONE
+        self.finished = False
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._replayable = True
+        self._path: str | None = None
+
+    # -- what balancers and the router read (lbd.balancing.base.RequestView) ---------------
+    @property
+    def request_id(self) -> bytes:
+        return self.fields.request_id  # type: ignore[return-value]
+
+    @property
+    def body_mode(self) -> int:
+        return self.fields.body_mode
+
+    @property
+    def client_ip(self) -> str:
+        return self.client.client_ip
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            self._path = self.url.partition(b"?")[0].decode("latin-1")
+        return self._path
+
+    @property
+    def host(self) -> str:
+        """The Host header without its port, lower-cased ("" when absent)."""
+        host = self.fields.host
+        if host is None:
+            return ""
+        text = host.decode("latin-1").lower()
+        return text.partition("]")[0] + "]" if text.startswith("[") else text.partition(":")[0]
+
+    @property
+    def is_head(self) -> bool:
+        return self.method == b"HEAD"
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def cookie(self, name: str) -> str | None:
+        cookies = self.header("cookie")
+        if cookies is None:
+            return None
+        for part in cookies.split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                return value
+        return None
+
+    # -- request body (from the client) --------------------------------------------------
+    def on_request_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        conn = self.upstream
+        framed = chunk(data) if self.fields.body_mode == BODY_CHUNKED else data
+        if self._replayable:
+            self._buffered += len(framed)
+            if self._buffered > REPLAY_LIMIT:
+                self._replayable = False
+            if conn is None or self._replayable:
+                self._buffer.append(framed)
+        if conn is not None:
+            conn.write(framed)
+        elif not self._replayable:
+            self.client.pause_reading_for_body()  # bounded until a connection takes it
+
+    def on_request_end(self) -> None:
+        self.request_done = True
+        if self.finished or self.fields.body_mode != BODY_CHUNKED:
+            return
+        conn = self.upstream
+        if conn is None or self._replayable:
+            self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
+        if conn is not None:
+            conn.write(LAST_CHUNK)
+
