@@ -28,7 +28,7 @@ from pydantic import Field
 from lbd.balancing import _order
 from lbd.balancing.base import Backend, BalancerOptions, RequestView
 from lbd.clock import Clock
-from lbd.config.units import Duration
+from lbd.units import Duration
 
 __all__ = ["PeakEwma", "PeakEwmaOptions"]
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
 from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig
-from lbd.config.units import Duration, Size
+from lbd.units import Duration, Size
 from lbd_worker.config import WorkerConfig
 
 __all__ = [

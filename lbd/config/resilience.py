@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lbd.config.units import Duration
+from lbd.units import Duration
 
 __all__ = [
     "HealthConfig", "CanaryConfig", "OutlierConfig", "BreakerConfig", "RetryConfig",
