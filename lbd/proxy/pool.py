@@ -153,4 +153,20 @@ class Pool:
                 return backend, False
         if fallback is not None and (fallback.breaker is None or fallback.breaker.allow()):
             return fallback, False
-        return None, saturated
+        if saturated:
+            return None, True
+        return self._panic_pick(request, tried), False
+
+    def _panic_pick(self, request: RequestView, tried: set[Backend]) -> Backend | None:
+        """Every backend was filtered out by health, ejection or its breaker: route to all of
+        them rather than to none (Envoy's panic routing), untried ones first. Only the
+        operator's drain still holds. The retry budget keeps this from hammering a fleet
+        that is really down."""
+        fallback = None
+        for backend in self.balancer.candidates(request):
+            if backend.drained:
+                continue
+            if backend not in tried:
+                return backend
+            fallback = fallback or backend
+        return fallback
