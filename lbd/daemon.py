@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 from lbd.config import Config, ConfigError, load_config
+from lbd.config.watch import ConfigWatcher
 from lbd.log import setup_logging
 from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
@@ -29,9 +31,14 @@ class Daemon:
         self.fleet = None
         self.reloads = 0
         self.reload_failures = 0
+        self.last_reload_errors: list[str] = []
+        """Why the last reload was refused (path-named config errors); empty after a success."""
+        self.last_reload_time = 0.0
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.notifier = Notifier()
+        self.watcher: ConfigWatcher | None = None
+        self._reload_lock = asyncio.Lock()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -43,12 +50,17 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if self.config_path is not None and self.config.watch.enabled:
+            self.watcher = ConfigWatcher(self.config_path, self.reload, self.config.watch.interval)
+            self.watcher.start()
         self.ready.set()
         self.notifier.ready(self._status_line())
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         log.info("ready", extra={"pools": list(self.config.pools), "listen": [f"{h}:{p}" for h, p in self.proxy.bound]})
         await self._stop.wait()
         self.notifier.stopping()
+        if self.watcher is not None:
+            await self.watcher.stop()
         if watchdog is not None:
             watchdog.cancel()
         log.info("stopping: draining requests in flight", extra={"grace_s": self.shutdown_grace})
@@ -71,15 +83,31 @@ class Daemon:
         await self.fleet.start()
         await self.fleet.wait_ready(timeout=300.0)
 
+    async def _apply_workers(self, config: Config) -> None:
+        from lbd.fleet import Fleet
+
+        if self.fleet is None:
+            self.fleet = Fleet(config.workers)
+            await self.fleet.start()
+        else:
+            await self.fleet.apply(config.workers)
+        try:
+            await self.fleet.wait_ready(timeout=120.0)
+        except TimeoutError as exc:  # health checks keep a late worker out of rotation
+            log.warning("reload: %s", exc)
+
     async def reload(self) -> bool:
         """Load the file again; apply it whole or not at all."""
         if self.config_path is None or self.proxy is None:
             return False
-        self.notifier.reloading()
-        try:
-            return await self._reload()
-        finally:
-            self.notifier.ready(self._status_line())
+        async with self._reload_lock:  # SIGHUP, the watch and the admin API may coincide
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                if self.watcher is not None:
+                    self.watcher.applied()
+                self.notifier.ready(self._status_line())
 
     async def _reload(self) -> bool:
         assert self.proxy is not None and self.config_path is not None
@@ -88,15 +116,19 @@ class Daemon:
             runtime = Runtime.build(config, previous=self.proxy.runtime)
         except ConfigError as exc:
             self.reload_failures += 1
+            self.last_reload_errors = [f"{exc.source}: {message}" for message in exc.messages]
             log.error("reload refused: the file is not valid; nothing changed", extra={"errors": exc.messages})
             return False
+        if config.workers != self.config.workers:
+            await self._apply_workers(config)
         await runtime.start_health(previous=self.proxy.runtime)
         self.proxy.swap(runtime)
         self.config = config
         self.reloads += 1
+        self.last_reload_errors = []
+        self.last_reload_time = time.time()
         log.info("reloaded", extra={"pools": list(config.pools)})
         return True
-
 
     def _status_line(self) -> str:
         proxy = self.proxy

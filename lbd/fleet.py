@@ -43,6 +43,7 @@ class WorkerState:
     restarts: int = 0
     last_exit: int | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    retired: bool = False
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
 
@@ -78,6 +79,30 @@ class Fleet:
         for name, state in self._states.items():
             await self._spawn(state)
             self._tasks[name] = asyncio.create_task(self._supervise(state), name=f"fleet-{name}")
+
+    async def apply(self, workers: Mapping[str, WorkerConfig], timeout: float = 30.0) -> list[str]:
+        """Follow a reloaded config: stop workers no longer declared or declared differently
+        (SIGTERM: each finishes its queue), start the new and changed ones. Returns the
+        names started; wait for them with :meth:`wait_ready`."""
+        changed = [name for name, state in self._states.items() if workers.get(name) != state.config]
+        await asyncio.gather(*(self._retire(name, timeout) for name in changed))
+        started = [name for name in workers if name not in self._states]
+        for name in started:
+            config = workers[name]
+            state = self._states[name] = WorkerState(name, config, config.host, config.port)
+            await self._spawn(state)
+            self._tasks[name] = asyncio.create_task(self._supervise(state), name=f"fleet-{name}")
+        return started
+
+    async def _retire(self, name: str, timeout: float) -> None:
+        state = self._states.pop(name)
+        state.retired = True
+        await self._terminate(state, timeout)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            await asyncio.wait([task], timeout=5.0)
+            task.cancel()
+        self._log(f"[worker {name}] stopped: no longer in the config as it was")
 
     async def wait_ready(self, timeout: float) -> None:
         """Waits until every worker reported ready; ``TimeoutError`` names those that did not."""
@@ -120,14 +145,14 @@ class Fleet:
             started = loop.time()
             status = await self._follow(state)
             state.last_exit = status
-            if self._stopping.is_set():
+            if self._stopping.is_set() or state.retired:
                 return
             failures = 0 if loop.time() - started >= self._stable_after else failures + 1
             delay = min(self._backoff * 2 ** max(failures - 1, 0), self._backoff_max)
             self._log(f"[worker {state.name}] exited with status {status}; restarting in {delay:g}s")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-            if self._stopping.is_set():
+            if self._stopping.is_set() or state.retired:
                 return
             state.restarts += 1
             await self._spawn(state)

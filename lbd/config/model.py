@@ -90,6 +90,13 @@ class LogConfig(Strict):
     access: bool = True
 
 
+class WatchConfig(Strict):
+    """Reloading on a change of the config file. Defaults: on, polled every 1s."""
+
+    enabled: bool = True
+    interval: Duration = Field(1.0, gt=0)
+
+
 class ClientLimitsConfig(Strict):
     """Limits on the client side of the proxy.
 
@@ -284,6 +291,7 @@ class Config(Strict):
     listen: list[ListenerConfig] = Field(default_factory=lambda: [ListenerConfig()], min_length=1)
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
+    watch: WatchConfig = WatchConfig()
     client: ClientLimitsConfig = ClientLimitsConfig()
     pools: dict[str, PoolConfig] = Field(min_length=1)
     default_pool: str | None = None

@@ -89,6 +89,11 @@ class Backend:
                     conn.close()
             self._idle = keep
 
+    def retire(self) -> None:
+        """Removed by a reload: requests in flight finish, then their connections close."""
+        self.max_idle = 0
+        self.close_idle()
+
     def close_idle(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:

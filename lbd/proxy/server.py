@@ -57,7 +57,7 @@ class ProxyServer:
         self.limits = runtime.config.client
         self.access_log.enabled = runtime.config.log.access
         for backend in old.retired(runtime):
-            backend.close_idle()
+            backend.retire()
 
     # -- per request ---------------------------------------------------------------------
     def observe(self, exchange: Exchange) -> None:
