@@ -14,6 +14,7 @@ install:
 
 install-test: install
 	$(PIP) -e '.[test]'
+	tools/debian-deps.sh
 
 demo: install
 	$(PY) -m lbd serve

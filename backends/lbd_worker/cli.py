@@ -161,6 +161,9 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 
 async def _run_until_stopped(server, stop: asyncio.Event, host: str, port: int) -> int:
+    from lbd.systemd import Notifier
+
+    notifier = Notifier()  # systemd's Type=notify; a no-op without NOTIFY_SOCKET
     loading = asyncio.create_task(server.load())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -170,9 +173,20 @@ async def _run_until_stopped(server, stop: asyncio.Event, host: str, port: int) 
         return 1
     if loading.done():
         print(READY_LINE.format(host=host, port=port), flush=True)
+        notifier.ready(f"serving {', '.join(server.config.models)} on {host}:{port}")
+        watchdog = asyncio.create_task(_watchdog(notifier)) if notifier.watchdog_interval else None
         await stopping
+        if watchdog is not None:
+            watchdog.cancel()
     else:
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
+    notifier.stopping()
     _log.info("SIGTERM: not ready; finishing the queue (up to %.0fs)", server.config.drain_timeout)
     return 0
+
+
+async def _watchdog(notifier) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(notifier.watchdog_interval)

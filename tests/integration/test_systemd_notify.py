@@ -60,3 +60,24 @@ def test_ready_reloading_watchdog_status_stopping(tmp_path, upstreams):
         proc.stop()
         sock.close()
         os.unlink(path)
+
+
+def test_worker_notifies_ready_and_stopping(tmp_path):
+    path = str(tmp_path / "worker-notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "lbd_worker", "--model", "classifier", "--listen", f"127.0.0.1:{port}"],
+                tmp_path / "worker.log", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    try:
+        ready = read_until(sock, "READY=1", timeout=60)
+        wait_port(port, timeout=1)
+        assert any("STATUS=serving classifier" in m for m in ready), ready
+        read_until(sock, "WATCHDOG=1", timeout=2)
+        proc.signal(signal.SIGTERM)
+        read_until(sock, "STOPPING=1")
+        assert proc.wait(30) == 0
+    finally:
+        proc.stop()
+        sock.close()
+        os.unlink(path)
