@@ -1,9 +1,14 @@
 """Structured logs: one JSON object per line on stderr, for the daemon's own events, and a
-buffered access log that costs the request path one list append."""
+buffered access log that costs the request path one list append.
+
+Nothing secret is written: the access log has the path without its query string and no
+headers (so no Authorization, cookies or API keys), and the formatter masks any extra field
+named like a secret."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import IO, Any
@@ -13,6 +18,8 @@ import orjson
 __all__ = ["setup_logging", "AccessLog", "JsonFormatter"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_SECRET = re.compile(r"token|secret|password|passwd|authorization|cookie|api_?key|credential", re.IGNORECASE)
+_MASK = "***"
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,7 +30,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        entry.update({k: _MASK if _SECRET.search(k) and v is not None else v
+                      for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -39,7 +47,11 @@ def setup_logging(level: str = "info", stream: IO[str] | None = None) -> None:
 
 class AccessLog:
     """Collects access entries and writes them in batches (the server's janitor flushes it
-    every tick), so a request pays for a tuple, not a syscall."""
+    every tick), so a request pays for a tuple, not a syscall.
+
+    An entry is ``(request_id, client, method, path, status, pool, backend, attempts,
+    duration_s[, cache])``; ``cache`` (``hit_exact``, ``hit_semantic``, ``miss``, ``bypass``)
+    is written as null when absent. ``path`` must come without its query string."""
 
     __slots__ = ("_stream", "_pending", "enabled")
 
@@ -61,8 +73,8 @@ class AccessLog:
         lines = [orjson.dumps({
             "ts": round(now, 3), "type": "access", "request_id": rid, "client": client,
             "method": method, "path": path, "status": status, "pool": pool, "backend": backend,
-            "attempts": attempts, "duration_ms": round(duration * 1e3, 3),
-        }) for (rid, client, method, path, status, pool, backend, attempts, duration) in pending]
+            "attempts": attempts, "cache": cache[0] if cache else None, "duration_ms": round(duration * 1e3, 3),
+        }) for (rid, client, method, path, status, pool, backend, attempts, duration, *cache) in pending]
         try:
             self._stream.write(b"\n".join(lines) + b"\n")
             self._stream.flush()

@@ -98,16 +98,23 @@ class WatchConfig(Strict):
 
 
 class ClientLimitsConfig(Strict):
-    """Limits on the client side of the proxy.
+    """Limits on the client side of the proxy, against slow and hostile clients.
 
-    Defaults: keep-alive idle 75s; header read 30s; request body 1GiB (0 = unlimited);
-    header section 64KiB.
+    Defaults: keep-alive idle 75s; a request head must arrive within 30s (408); a request
+    body may pause at most 60s (408); request body 1GiB (413; 0 = unlimited); request
+    target 8KiB (414); header section 64KiB and 100 fields (431); 10,000 connections in
+    all and 0 (no cap) per client address.
     """
 
     keepalive_timeout: Duration = 75.0
     header_timeout: Duration = 30.0
+    body_timeout: Duration = 60.0
     max_body_size: Size = 1024**3
+    max_url_size: Size = 8 * 1024
     max_header_size: Size = 64 * 1024
+    max_headers: int = Field(100, ge=1)
+    max_connections: int = Field(10_000, ge=1)
+    max_connections_per_ip: int = Field(0, ge=0)
 
 
 class MatchConfig(Strict):

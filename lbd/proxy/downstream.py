@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientConnection"]
 
+# TRACE reflects the request (cookies included) back: a cross-site tracing vector.
+_REFUSED_METHODS = frozenset({b"TRACE", b"TRACK"})
 # Reasons reading is paused; reading resumes when none is left.
 _PAUSE_BODY, _PAUSE_PIPELINE, _PAUSE_UPSTREAM = 1, 2, 4
 
@@ -70,11 +72,13 @@ class ClientConnection(Corked, asyncio.Protocol):
         self.client_ip = peer[0] if peer else "unix"
         self.client_ip_bytes = self.client_ip.encode()
         self.last_active = self.loop.time()
-        self.server.connections.add(self)
+        if not self.server.admit_connection(self):
+            self.closing = True
+            transport.abort()  # over a connection limit: refuse before reading a byte
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        self.server.release_connection(self)
         for exchange in (self.current, self.receiving, *self.queue):
             if exchange is not None:
                 exchange.on_client_lost()
@@ -135,19 +139,35 @@ class ClientConnection(Corked, asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
+        if len(self._url) > self.server.limits.max_url_size:
+            raise _Reject(414, "uri_too_long", f"request target exceeds {self.server.limits.max_url_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        headers = self._headers
+        headers.append((name, value))
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self.server.limits.max_header_size:
-            raise _Reject(431, "header_too_large", "request head exceeds "
-                          f"{self.server.limits.max_header_size} bytes")
+        limits = self.server.limits
+        if self._header_bytes > limits.max_header_size:
+            raise _Reject(431, "header_too_large", f"request head exceeds {limits.max_header_size} bytes")
+        if len(headers) > limits.max_headers:
+            raise _Reject(431, "too_many_headers", f"more than {limits.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
         parser = self.parser
-        self.http11 = parser.get_http_version() == "1.1"
-        exchange = Exchange(self, parser.get_method(), self._url, self._headers, parser.should_keep_alive())
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Reject(505, "http_version", f"HTTP/{version} is not supported; use HTTP/1.1")
+        self.http11 = version == "1.1"
+        method = parser.get_method()
+        if method in _REFUSED_METHODS:
+            raise _Reject(405, "method_not_allowed", f"{method.decode()} is not allowed through this proxy")
+        exchange = Exchange(self, method, self._url, self._headers, parser.should_keep_alive())
+        fields = exchange.fields
+        if fields.problem is not None:
+            raise _Reject(*fields.problem)
+        if fields.host is None and self.http11:
+            raise _Reject(400, "missing_host", "an HTTP/1.1 request must have a Host field")
         if exchange.body_mode != BODY_NONE:
             limit = self.server.limits.max_body_size
             if limit and exchange.fields.content_length > limit:
@@ -253,6 +273,16 @@ class ClientConnection(Corked, asyncio.Protocol):
             self.flush_out()  # what the exchange wrote goes out before the FIN
             self.closing = True
             self.transport.close()  # type: ignore[union-attr]
+
+    def body_stalled_for(self, now: float) -> float:
+        """Seconds since a request body last made progress; 0 when none is being read, or
+        when the proxy itself paused reading (back-pressure is not the client's fault)."""
+        if self.receiving is None or self._paused:
+            return 0.0
+        return now - self.last_active
+
+    def reject_stalled(self, status: int, code: str, message: str) -> None:
+        self._reject(status, code, message)
 
     def idle_for(self, now: float) -> float:
         """Seconds without a request in progress; 0 while one is."""

@@ -19,7 +19,8 @@ BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
 class RequestFields:
     """What the data plane learned from a request's fields while building its head."""
 
-    __slots__ = ("head", "body_mode", "content_length", "host", "request_id", "expect_continue", "timeout_ms")
+    __slots__ = ("head", "body_mode", "content_length", "host", "request_id", "expect_continue", "timeout_ms",
+                 "problem")
 
     def __init__(self) -> None:
         self.head = b""
@@ -29,6 +30,8 @@ class RequestFields:
         self.request_id: bytes | None = None
         self.expect_continue = False
         self.timeout_ms: int | None = None
+        self.problem: tuple[int, str, str] | None = None
+        """Why the request must be refused (status, code, message), if it must."""
 
 
 def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], client_ip: bytes,
@@ -38,6 +41,13 @@ def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], 
     ``x-lbd-timeout-ms`` (the client's overall deadline) is consumed, not forwarded.
     """
     found = RequestFields()
+    authority = None
+    if url[:1] != b"/" and url[:7].lower() in (b"http://", b"https:/"):
+        # Absolute form (RFC 9112 3.2.2): the target's authority replaces the Host field,
+        # and the backend gets the origin form.
+        scheme_end = url.index(b"//") + 2
+        authority, slash, rest = url[scheme_end:].partition(b"/")
+        url = slash + rest if slash else b"/"
     out = [method, b" ", url, b" HTTP/1.1\r\n"]
     forwarded_for = named = None
     fields = FIELDS
@@ -50,10 +60,18 @@ def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], 
             found.body_mode = BODY_LENGTH if found.content_length else BODY_NONE
             out += (name, b": ", value, b"\r\n")
         elif kind == F_HOST:
+            if found.host is not None:
+                found.problem = (400, "bad_request", "more than one Host field")  # RFC 9112 3.2
             found.host = value
-            out += (name, b": ", value, b"\r\n")
+            if authority is None:
+                out += (name, b": ", value, b"\r\n")
         elif kind == F_TRANSFER_ENCODING:
-            found.body_mode = BODY_CHUNKED  # llhttp refused any coding but a final chunked
+            found.body_mode = BODY_CHUNKED
+            if value.strip().lower() != b"chunked":
+                # llhttp refused codings after chunked; any other coding ("identity, chunked",
+                # "gzip, chunked") is one a backend might frame differently: refuse it.
+                found.problem = (501, "unsupported_transfer_coding",
+                                 f"transfer coding {value.decode('latin-1')!r} is not supported; use chunked")
         elif kind == F_CONNECTION:
             named = connection_tokens(value)
         elif kind == F_XFF:
@@ -68,6 +86,9 @@ def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], 
             out += (name, b": ", value, b"\r\n")
     if named is not None:
         out = strip_fields(out, 4, named)
+    if authority is not None:
+        found.host = authority
+        out += (b"host: ", authority, b"\r\n")
     request_id = found.request_id = found.request_id or new_request_id()
     out += (b"x-forwarded-for: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
             b"\r\nx-forwarded-proto: ", scheme, b"\r\nx-request-id: ", request_id,

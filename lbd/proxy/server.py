@@ -35,6 +35,8 @@ class ProxyServer:
         self.request_ids = RequestIds()
         self.access_log = access_log or AccessLog(enabled=runtime.config.log.access)
         self.rejected: dict[int, int] = {}
+        self.per_ip: dict[str, int] = {}
+        self.refused_connections = 0
         self.requests = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._janitor: asyncio.Task | None = None
@@ -69,6 +71,26 @@ class ProxyServer:
                 exchange.served_by or None, len(exchange.tried), time.monotonic() - exchange.started,
             ))
 
+    def admit_connection(self, conn: ClientConnection) -> bool:
+        limits = self.limits
+        count = self.per_ip.get(conn.client_ip, 0)
+        if len(self.connections) >= limits.max_connections or (
+                limits.max_connections_per_ip and count >= limits.max_connections_per_ip):
+            self.refused_connections += 1
+            return False
+        self.per_ip[conn.client_ip] = count + 1
+        self.connections.add(conn)
+        return True
+
+    def release_connection(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            count = self.per_ip.get(conn.client_ip, 1) - 1
+            if count > 0:
+                self.per_ip[conn.client_ip] = count
+            else:
+                self.per_ip.pop(conn.client_ip, None)
+
     def count_rejected(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1
 
@@ -91,6 +113,8 @@ class ProxyServer:
                                           self.request_ids.next(), keep_alive=False))
                 conn.closing_after_current()
                 conn.close_now()
+            elif conn.body_stalled_for(now) > limits.body_timeout:
+                conn.reject_stalled(408, "request_timeout", "request body stalled")
             elif conn.idle_for(now) > limits.keepalive_timeout:
                 conn.close_now()
         for backend in self.runtime.backends.values():

@@ -1,0 +1,39 @@
+"""What the admin API drives, stated as protocols: the daemon, and the cache's purge."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lbd.admin.reload import ReloadResult
+    from lbd.config.model import Config
+    from lbd.proxy.server import ProxyServer
+
+__all__ = ["Control", "Purger"]
+
+
+class Control(Protocol):
+    """The daemon (``lbd.daemon.Daemon``) as the admin API sees it."""
+
+    config: Config
+    """The config in use; its ``admin`` section names the token file."""
+    config_path: Path | None
+    proxy: ProxyServer | None
+    """The data plane; ``proxy.runtime`` is the runtime serving new requests."""
+
+    async def reload(self) -> ReloadResult | bool:
+        """Load the config file again and apply it whole or not at all. A
+        :class:`~lbd.admin.reload.ReloadResult` says what changed or why it was refused."""
+        ...
+
+
+class Purger(Protocol):
+    """The response cache, as far as purging goes."""
+
+    def purge(self, pool: str | None = None, model: str | None = None,
+              tenant: str | None = None) -> int | Awaitable[int]:
+        """Drop the entries matching every given filter (all entries when none is given);
+        return how many were dropped. May be a coroutine (a Redis store)."""
+        ...

@@ -1,0 +1,376 @@
+"""Every ``lbd_*`` metric, declared once, in one registry per daemon.
+
+The request path pays for a few dict and list operations per finished request
+(:meth:`Metrics.observe`): counts and latency buckets go into plain cells keyed by
+``(pool, backend, status)``, and prometheus-client families are built from them at scrape
+time. Measured on this machine: a ``labels()`` lookup per request costs ~5.7 us, pre-bound
+children ~2.2 us, these cells ~0.2 us; at 25k requests/s that is 14%, 5% and 0.5% of a core.
+
+Everything else (health, ejection, breaker, queue, budget, connections) is read from the
+current runtime when Prometheus scrapes, so it is always current and costs nothing between
+scrapes. Counters that live on objects a reload replaces (a pool's retry budget, queue and
+outlier detector; a backend rebuilt because its definition changed) are kept monotonic by
+:class:`_Continuity`. Scrapes run on the event loop, as does ``observe``: no locks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import platform
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sized
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from lbd import __version__
+
+if TYPE_CHECKING:
+    from lbd.proxy.pool import Backend, Pool
+    from lbd.runtime import Runtime
+
+__all__ = ["Metrics", "Source", "Observed", "BUCKETS", "backend_state", "FAMILIES"]
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the request latency histogram: a cached answer to a long
+generation."""
+_SUM = len(BUCKETS) + 1  # cell layout: counts per bucket, the +Inf count, then the sum
+_BREAKER_STATES = ("closed", "open", "half_open")
+_BACKEND_STATES = ("healthy", "unhealthy", "drained", "ejected")
+
+FAMILIES = (
+    "lbd_requests", "lbd_request_duration_seconds", "lbd_requests_rejected", "lbd_client_connections",
+    "lbd_upstream_attempts", "lbd_upstream_failures", "lbd_upstream_retries", "lbd_upstream_idle_connections",
+    "lbd_retry_budget_exhausted", "lbd_retry_budget_available_retries",
+    "lbd_backend_state", "lbd_backend_healthy", "lbd_backend_breaker_state", "lbd_backend_inflight_requests",
+    "lbd_backend_weight", "lbd_backend_probe_latency_seconds", "lbd_outlier_ejections", "lbd_pool_panic",
+    "lbd_queue_waiting_requests", "lbd_queue_capacity_requests", "lbd_queue_shed_requests",
+    "lbd_queue_admitted_requests", "lbd_cache_requests", "lbd_cache_errors", "lbd_config_reloads",
+    "lbd_config_last_reload_successful", "lbd_config_last_reload_success_timestamp_seconds", "lbd_build_info",
+)
+"""Every family this module exports (counters without their ``_total``)."""
+
+
+class Source(Protocol):
+    """What the collector reads at scrape time: the proxy server (``lbd.proxy.server``)."""
+
+    runtime: Runtime
+    connections: Sized
+    rejected: Mapping[int, int]
+
+
+class Observed(Protocol):
+    """What :meth:`Metrics.observe` reads of a finished exchange (``lbd.proxy.exchange``)."""
+
+    pool: Pool | None
+    served_by: str
+    status: int
+    retries: int
+
+
+class _Reload(Protocol):
+    ok: bool
+    at: float
+
+
+def backend_state(pool: Pool, backend: Backend) -> str:
+    """``drained`` (the operator's word wins), ``ejected``, ``unhealthy`` or ``healthy``."""
+    if backend.drained:
+        return "drained"
+    if pool.outlier.is_ejected(backend):
+        return "ejected"
+    return "healthy" if backend.available else "unhealthy"
+
+
+class Metrics:
+    """The daemon's metrics: hot-path cells, scrape-time collectors, one registry."""
+
+    def __init__(self, source: Source, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        self._source = source
+        self._cells: dict[tuple[str, str, int], list] = {}
+        self._retries: dict[str, int] = {}
+        self.cache_requests: dict[tuple[str, str], int] = {}
+        self.cache_errors: dict[str, int] = {}
+        self.reloads = {"success": 0, "failure": 0}
+        self.last_reload: _Reload | None = None
+        self.last_reload_success_at = time.time()  # the config the daemon started with
+        self._continuity = _Continuity()
+        self.registry.register(_Collector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+
+    @property
+    def source(self) -> Source:
+        return self._source
+
+    # -- the request path ----------------------------------------------------------------
+    def observe(self, exchange: Observed, duration: float) -> None:
+        """One finished request (the proxy's single hook); ``duration`` in seconds."""
+        pool = exchange.pool
+        name = pool.name if pool is not None else ""
+        key = (name, exchange.served_by, exchange.status)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = [0] * _SUM + [0.0]
+        cell[bisect.bisect_left(BUCKETS, duration)] += 1
+        cell[_SUM] += duration
+        if exchange.retries:
+            self._retries[name] = self._retries.get(name, 0) + exchange.retries
+
+    def cache_lookup(self, pool: str, result: str) -> None:
+        """A cache lookup's ``result``: ``hit_exact``, ``hit_semantic``, ``miss`` or ``bypass``
+        (results starting with ``hit`` count as hits in the status page's ratio)."""
+        key = (pool, result)
+        self.cache_requests[key] = self.cache_requests.get(key, 0) + 1
+
+    def cache_error(self, kind: str) -> None:
+        """A cache store or embedder failure of ``kind`` (``timeout``, ``connection``, ...)."""
+        self.cache_errors[kind] = self.cache_errors.get(kind, 0) + 1
+
+    def record_reload(self, result: _Reload) -> None:
+        """A reload was tried (SIGHUP, ``lbd reload``, the file watch): ``ok`` and ``at`` (epoch)."""
+        self.reloads["success" if result.ok else "failure"] += 1
+        self.last_reload = result
+        if result.ok:
+            self.last_reload_success_at = result.at
+
+    # -- reading -------------------------------------------------------------------------
+    def requests_by_pool(self) -> dict[str, int]:
+        """Requests answered so far, per pool name (``""``: no pool matched)."""
+        totals: dict[str, int] = {}
+        for (pool, _, _), cell in self._cells.items():
+            totals[pool] = totals.get(pool, 0) + sum(cell[:_SUM])
+        return totals
+
+    def cache_totals(self) -> tuple[int, int]:
+        """Cache hits and misses so far, over all pools."""
+        hits = sum(n for (_, result), n in self.cache_requests.items() if result.startswith("hit"))
+        misses = sum(n for (_, result), n in self.cache_requests.items() if result == "miss")
+        return hits, misses
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition (text format, or OpenMetrics when ``accept`` asks for it) and its
+        content type. Call it on the event loop: the collectors read live runtime state."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    # -- for the collector ---------------------------------------------------------------
+    def request_cells(self) -> Iterable[tuple[tuple[str, str, int], list]]:
+        return self._cells.items()
+
+    def retries_by_pool(self) -> Mapping[str, int]:
+        return self._retries
+
+    def carried(self, key: tuple, owner: object, attribute: str) -> float:
+        return self._continuity.value(key, owner, attribute)
+
+
+class _Continuity:
+    """Counters that live on objects a reload replaces: when the object behind a key changes,
+    the old object's final count (read at this scrape, so requests it finished after the swap
+    count too) is added to the key's base, and the exported counter never goes back."""
+
+    __slots__ = ("_base", "_owner")
+
+    def __init__(self) -> None:
+        self._base: dict[tuple, float] = {}
+        self._owner: dict[tuple, object] = {}
+
+    def value(self, key: tuple, owner: object, attribute: str) -> float:
+        previous = self._owner.get(key)
+        if previous is not None and previous is not owner:
+            self._base[key] = self._base.get(key, 0) + getattr(previous, attribute)
+        self._owner[key] = owner
+        return self._base.get(key, 0) + getattr(owner, attribute)
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "none"
+
+
+class _Collector:
+    """Builds every ``lbd_*`` family at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        runtime = metrics.source.runtime
+        yield from self._requests()
+        yield from self._proxy()
+        yield from _BackendFamilies(metrics).build(runtime)
+        yield from _PoolFamilies(metrics).build(runtime)
+        yield from self._cache()
+        yield from self._reloads()
+        yield _build_info()
+
+    def _requests(self) -> Iterator[Metric]:
+        total = CounterMetricFamily("lbd_requests", "Requests answered, by pool, the backend whose answer was "
+                                    "forwarded ('' when none was) and status code.", labels=("pool", "backend", "code"))
+        merged: dict[tuple[str, str, str], list] = {}
+        for (pool, backend, status), cell in self._metrics.request_cells():
+            total.add_metric((pool, backend, str(status)), sum(cell[:_SUM]))
+            key = (pool, backend, _status_class(status))
+            into = merged.setdefault(key, [0] * _SUM + [0.0])
+            for index, value in enumerate(cell):
+                into[index] += value
+        duration = HistogramMetricFamily(
+            "lbd_request_duration_seconds", "Time from the request head to the end of the response, by pool, "
+            "backend and status class.", labels=("pool", "backend", "status_class"))
+        for key, cell in merged.items():
+            duration.add_metric(key, _cumulative(cell), cell[_SUM])
+        yield total
+        yield duration
+
+    def _proxy(self) -> Iterator[Metric]:
+        source = self._metrics.source
+        rejected = CounterMetricFamily("lbd_requests_rejected", "Requests refused before routing (bad or too "
+                                       "large heads and bodies, slow clients), by status code.", labels=("code",))
+        for status, count in sorted(source.rejected.items()):
+            rejected.add_metric((str(status),), count)
+        yield rejected
+        yield GaugeMetricFamily("lbd_client_connections", "Open client connections.", value=len(source.connections))
+
+    def _cache(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        lookups = CounterMetricFamily("lbd_cache_requests", "Cache lookups by pool and result (hit_exact, "
+                                      "hit_semantic, miss, bypass).", labels=("pool", "result"))
+        for (pool, result), count in sorted(metrics.cache_requests.items()):
+            lookups.add_metric((pool, result), count)
+        errors = CounterMetricFamily("lbd_cache_errors", "Cache store and embedder failures by kind.",
+                                     labels=("kind",))
+        for kind, count in sorted(metrics.cache_errors.items()):
+            errors.add_metric((kind,), count)
+        yield lookups
+        yield errors
+
+    def _reloads(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        reloads = CounterMetricFamily("lbd_config_reloads", "Config reloads tried, by result.", labels=("result",))
+        for result, count in metrics.reloads.items():
+            reloads.add_metric((result,), count)
+        yield reloads
+        last = metrics.last_reload
+        yield GaugeMetricFamily("lbd_config_last_reload_successful", "Whether the last reload applied (1) or "
+                                "was refused (0).", value=1 if last is None or last.ok else 0)
+        yield GaugeMetricFamily("lbd_config_last_reload_success_timestamp_seconds", "When the config in use was "
+                                "loaded (Unix time).", value=metrics.last_reload_success_at)
+
+
+def _cumulative(cell: list) -> list[tuple[str, float]]:
+    buckets, running = [], 0
+    for bound, count in zip((*map(str, BUCKETS), "+Inf"), cell[:_SUM]):
+        running += count
+        buckets.append((bound, running))
+    return buckets
+
+
+def _build_info() -> Metric:
+    info = GaugeMetricFamily("lbd_build_info", "Always 1; the labels say which lbd and Python run.",
+                             labels=("version", "python_version", "implementation"))
+    info.add_metric((__version__, platform.python_version(), platform.python_implementation()), 1)
+    return info
+
+
+class _BackendFamilies:
+    """Per-backend gauges and counters, read from the runtime."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        labels = ("pool", "backend")
+        self.state = GaugeMetricFamily("lbd_backend_state", "1 for the backend's state (healthy, unhealthy, "
+                                       "drained, ejected), 0 for the others.", labels=(*labels, "state"))
+        self.healthy = GaugeMetricFamily("lbd_backend_healthy", "The active health checks' verdict (1: passing; "
+                                         "1 as well without active checks).", labels=labels)
+        self.breaker = GaugeMetricFamily("lbd_backend_breaker_state", "1 for the circuit breaker's state (closed, "
+                                         "open, half_open), 0 for the others.", labels=(*labels, "state"))
+        self.inflight = GaugeMetricFamily("lbd_backend_inflight_requests", "Attempts in flight.", labels=labels)
+        self.weight = GaugeMetricFamily("lbd_backend_weight", "The balancer's weight now (below the configured "
+                                        "weight during slow start).", labels=labels)
+        self.latency = GaugeMetricFamily("lbd_backend_probe_latency_seconds", "Duration of the last health probe.",
+                                         labels=labels)
+        self.idle = GaugeMetricFamily("lbd_upstream_idle_connections", "Pooled keep-alive connections.",
+                                      labels=labels)
+        self.attempts = CounterMetricFamily("lbd_upstream_attempts", "Attempts sent to the backend, retries "
+                                            "included.", labels=labels)
+        self.failures = CounterMetricFamily("lbd_upstream_failures", "Attempts that failed (connect errors, "
+                                            "resets, timeouts, 5xx).", labels=labels)
+
+    def build(self, runtime: Runtime) -> list[Metric]:
+        for pool in runtime.pools.values():
+            health = pool.checker.health if pool.checker is not None else {}
+            for backend in pool.backends:
+                self._add(pool, backend, health.get(backend))
+        return [self.state, self.healthy, self.breaker, self.inflight, self.weight, self.latency, self.idle,
+                self.attempts, self.failures]
+
+    def _add(self, pool: Pool, backend: Backend, health: Any) -> None:
+        labels = (pool.name, backend.name)
+        state = backend_state(pool, backend)
+        for name in _BACKEND_STATES:
+            self.state.add_metric((*labels, name), 1 if name == state else 0)
+        self.healthy.add_metric(labels, 1 if backend.available else 0)
+        if backend.breaker is not None:
+            current = backend.breaker.state
+            for name in _BREAKER_STATES:
+                self.breaker.add_metric((*labels, name), 1 if name == current else 0)
+        self.inflight.add_metric(labels, backend.inflight)
+        self.weight.add_metric(labels, backend.weight)
+        if health is not None and health.last is not None:
+            self.latency.add_metric(labels, health.last.latency)
+        self.idle.add_metric(labels, backend.idle_count)
+        carried = self._metrics.carried
+        self.attempts.add_metric(labels, carried(("attempts", *labels), backend, "requests"))
+        self.failures.add_metric(labels, carried(("failures", *labels), backend, "failures"))
+
+
+class _PoolFamilies:
+    """Per-pool retry, ejection, panic and admission-queue metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.retries = CounterMetricFamily("lbd_upstream_retries", "Retries (attempts after the first).",
+                                           labels=("pool",))
+        self.exhausted = CounterMetricFamily("lbd_retry_budget_exhausted", "Retries refused because the pool's "
+                                             "retry budget was spent.", labels=("pool",))
+        self.available = GaugeMetricFamily("lbd_retry_budget_available_retries", "Retries the budget allows now.",
+                                           labels=("pool",))
+        self.ejections = CounterMetricFamily("lbd_outlier_ejections", "Backends ejected by outlier detection.",
+                                             labels=("pool",))
+        self.panic = GaugeMetricFamily("lbd_pool_panic", "1 while too few backends are usable and the pool "
+                                       "routes to all of them.", labels=("pool",))
+        self.waiting = GaugeMetricFamily("lbd_queue_waiting_requests", "Requests in the admission queue.",
+                                         labels=("pool",))
+        self.capacity = GaugeMetricFamily("lbd_queue_capacity_requests", "Size of the admission queue.",
+                                          labels=("pool",))
+        self.shed = CounterMetricFamily("lbd_queue_shed_requests", "Requests answered 503 by the admission "
+                                        "queue, by reason (full, timeout).", labels=("pool", "reason"))
+        self.admitted = CounterMetricFamily("lbd_queue_admitted_requests", "Queued requests that got a backend.",
+                                            labels=("pool",))
+
+    def build(self, runtime: Runtime) -> list[Metric]:
+        retries = self._metrics.retries_by_pool()
+        for name, pool in runtime.pools.items():
+            self._add(name, pool, retries.get(name, 0))
+        return [self.retries, self.exhausted, self.available, self.ejections, self.panic, self.waiting,
+                self.capacity, self.shed, self.admitted]
+
+    def _add(self, name: str, pool: Pool, retries: int) -> None:
+        carried = self._metrics.carried
+        self.retries.add_metric((name,), retries)
+        self.exhausted.add_metric((name,), carried(("exhausted", name), pool.budget, "exhausted"))
+        self.available.add_metric((name,), max(0.0, pool.budget.available()))
+        self.ejections.add_metric((name,), carried(("ejections", name), pool.outlier, "ejections_total"))
+        self.panic.add_metric((name,), 1 if pool.panic else 0)
+        queue = pool.queue
+        if queue is None:
+            return
+        self.waiting.add_metric((name,), len(queue))
+        self.capacity.add_metric((name,), queue.size)
+        self.shed.add_metric((name, "full"), carried(("shed_full", name), queue, "shed_full"))
+        self.shed.add_metric((name, "timeout"), carried(("shed_timeout", name), queue, "shed_timeout"))
+        self.admitted.add_metric((name,), carried(("admitted", name), queue, "admitted"))
