@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     commands.add_parser("schema", help="print the config's JSON Schema (for editor completion)")
+    hash_key = commands.add_parser("hash-key", help="print the SHA-256 of an API key, for auth.keys[].sha256")
+    hash_key.add_argument("key", nargs="?", help="the key (default: read from standard input, out of shell history)")
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -36,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         from lbd.config.schema import json_schema
 
         print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.command == "hash-key":
+        from lbd.security import hash_key as digest
+
+        key = args.key if args.key is not None else sys.stdin.readline().strip()
+        if not key:
+            print("no key given", file=sys.stderr)
+            return 1
+        print(digest(key))
         return 0
     if args.command == "check":
         return _check(args.file, args.quiet)

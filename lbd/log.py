@@ -50,8 +50,8 @@ class AccessLog:
     every tick), so a request pays for a tuple, not a syscall.
 
     An entry is ``(request_id, client, method, path, status, pool, backend, attempts,
-    duration_s[, cache])``; ``cache`` (``hit_exact``, ``hit_semantic``, ``miss``, ``bypass``)
-    is written as null when absent. ``path`` must come without its query string."""
+    duration_s[, cache[, tenant]])``; ``cache`` (``hit_exact``, ``hit_semantic``, ``miss``,
+    ``bypass``) and ``tenant`` (from the API key; never the key) are written as null when absent. ``path`` must come without its query string."""
 
     __slots__ = ("_stream", "_pending", "enabled")
 
@@ -73,8 +73,9 @@ class AccessLog:
         lines = [orjson.dumps({
             "ts": round(now, 3), "type": "access", "request_id": rid, "client": client,
             "method": method, "path": path, "status": status, "pool": pool, "backend": backend,
-            "attempts": attempts, "cache": cache[0] if cache else None, "duration_ms": round(duration * 1e3, 3),
-        }) for (rid, client, method, path, status, pool, backend, attempts, duration, *cache) in pending]
+            "attempts": attempts, "cache": rest[0] if rest else None, "tenant": rest[1] if len(rest) > 1 else None,
+            "duration_ms": round(duration * 1e3, 3),
+        }) for (rid, client, method, path, status, pool, backend, attempts, duration, *rest) in pending]
         try:
             self._stream.write(b"\n".join(lines) + b"\n")
             self._stream.flush()

@@ -57,6 +57,13 @@ class Runtime:
         pool = Pool(name, config, members, balancer,
                     outlier=OutlierDetector(config.outlier, clock, members),
                     retry=RetryPolicy(config.retry, rng), budget=RetryBudget(config.retry.budget, clock), queue=queue)
+        if config.auth is not None:
+            from lbd.security import Authenticator
+            pool.auth = Authenticator(config.auth)
+        if config.rate_limit is not None:
+            from lbd.security import LocalLimiter, RedisLimiter
+            limit = config.rate_limit
+            pool.limiter = LocalLimiter(limit, clock) if limit.store == "local" else RedisLimiter(limit, name)
         if config.health_checked:
             pool.checker = HealthChecker(name, members, config.health, models=config.match.models, clock=clock,
                                          rng=rng, on_transition=lambda backend, healthy, result: pool.refresh())

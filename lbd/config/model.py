@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
 from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig
+from lbd.config.security import AuthConfig, RateLimitConfig
 from lbd.units import Duration, Size
 from lbd_worker.config import WorkerConfig
 
@@ -269,6 +270,8 @@ class PoolConfig(Strict):
     breaker: BreakerConfig = BreakerConfig()
     retry: RetryConfig = RetryConfig()
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig | None = None
+    rate_limit: RateLimitConfig | None = None
     backends: list[BackendConfig] = Field(min_length=1)
 
     @property

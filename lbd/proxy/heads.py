@@ -11,7 +11,7 @@ from lbd.proxy.http import (
     F_TRANSFER_ENCODING, F_XFF, FIELDS, connection_tokens, status_line, strip_fields,
 )
 
-__all__ = ["RequestFields", "request_head", "response_head"]
+__all__ = ["RequestFields", "request_head", "response_head", "without_field"]
 
 BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
 
@@ -126,3 +126,10 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]]) -> tuple[list
     if named is not None:
         out = strip_fields(out, 1, named)
     return out, has_length, request_id_seen, retry_after
+
+
+def without_field(head: bytes, name: bytes) -> bytes:
+    """``head`` without its ``name`` field lines (``name`` lower-case)."""
+    lines = head.split(b"\r\n")
+    kept = [line for line in lines[1:] if line.partition(b":")[0].strip().lower() != name]
+    return b"\r\n".join([lines[0], *kept])

@@ -104,7 +104,7 @@ class Pool:
     """Backends, the balancer over them, and the pool's resilience state."""
 
     __slots__ = ("name", "config", "backends", "balancer", "timeouts", "outlier", "retry", "budget",
-                 "max_inflight", "queue", "panic", "checker")
+                 "max_inflight", "queue", "panic", "checker", "auth", "limiter")
 
     def __init__(self, name: str, config: PoolConfig, backends: Iterable[Backend], balancer: Balancer, *,
                  outlier: OutlierDetector, retry: RetryPolicy, budget: RetryBudget,
@@ -122,6 +122,10 @@ class Pool:
         self.panic = False
         """Too few backends are usable: route to all of them rather than to a few or none."""
         self.checker = None
+        self.auth = None
+        """An :class:`~lbd.security.Authenticator` when the pool requires API keys."""
+        self.limiter = None
+        """A local or Redis rate limiter when the pool is rate limited."""
 
     def usable(self, backend: Backend) -> bool:
         return backend.available and not backend.drained and not self.outlier.is_ejected(backend)

@@ -69,6 +69,7 @@ class ProxyServer:
                 exchange.request_id.decode("latin-1"), exchange.client_ip, exchange.method.decode("latin-1"),
                 exchange.path, exchange.status, exchange.pool.name if exchange.pool else None,
                 exchange.served_by or None, len(exchange.tried), time.monotonic() - exchange.started,
+                None, exchange.tenant,
             ))
 
     def admit_connection(self, conn: ClientConnection) -> bool:
