@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(path: Path, quiet: bool) -> int:
+    from lbd.proxy.tls import certificate_problems
+
     try:
-        load_config(path)
+        problems = certificate_problems(load_config(path))
+        if problems:
+            raise ConfigError(str(path), problems)
     except ConfigError as exc:
         for message in exc.messages:
             print(f"{exc.source}: {message}", file=sys.stderr)

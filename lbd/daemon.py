@@ -96,6 +96,15 @@ class Daemon:
         except TimeoutError as exc:  # health checks keep a late worker out of rotation
             log.warning("reload: %s", exc)
 
+    @staticmethod
+    def _check_certificates(config: Config) -> None:
+        """A certificate that does not load refuses the whole reload, like any bad value."""
+        from lbd.proxy.tls import certificate_problems
+
+        problems = certificate_problems(config)
+        if problems:
+            raise ConfigError("config", problems)
+
     async def reload(self) -> bool:
         """Load the file again; apply it whole or not at all."""
         if self.config_path is None or self.proxy is None:
@@ -114,6 +123,7 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             runtime = Runtime.build(config, previous=self.proxy.runtime)
+            self._check_certificates(config)
         except ConfigError as exc:
             self.reload_failures += 1
             self.last_reload_errors = [f"{exc.source}: {message}" for message in exc.messages]

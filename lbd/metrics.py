@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lbd.proxy.pool import Backend, Pool
     from lbd.runtime import Runtime
 
-__all__ = ["Metrics", "Source", "Observed", "BUCKETS", "backend_state", "FAMILIES"]
+__all__ = ["Metrics", "Source", "Observed", "ReloadStats", "BUCKETS", "backend_state", "FAMILIES"]
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the request latency histogram: a cached answer to a long
@@ -70,9 +70,15 @@ class Observed(Protocol):
     retries: int
 
 
-class _Reload(Protocol):
-    ok: bool
-    at: float
+class ReloadStats(Protocol):
+    """What the collector reads of reloads (the daemon, ``lbd.daemon.Daemon``)."""
+
+    reloads: int
+    reload_failures: int
+    last_reload_errors: list[str]
+    """Why the last reload was refused; empty when it applied (or none was tried)."""
+    last_reload_time: float
+    """Unix time of the last reload that applied; 0 before the first."""
 
 
 def backend_state(pool: Pool, backend: Backend) -> str:
@@ -94,9 +100,8 @@ class Metrics:
         self._retries: dict[str, int] = {}
         self.cache_requests: dict[tuple[str, str], int] = {}
         self.cache_errors: dict[str, int] = {}
-        self.reloads = {"success": 0, "failure": 0}
-        self.last_reload: _Reload | None = None
-        self.last_reload_success_at = time.time()  # the config the daemon started with
+        self.reload_stats: ReloadStats | None = None
+        self.started_at = time.time()  # when the config in use before any reload was loaded
         self._continuity = _Continuity()
         self.registry.register(_Collector(self))
         if process:
@@ -130,12 +135,9 @@ class Metrics:
         """A cache store or embedder failure of ``kind`` (``timeout``, ``connection``, ...)."""
         self.cache_errors[kind] = self.cache_errors.get(kind, 0) + 1
 
-    def record_reload(self, result: _Reload) -> None:
-        """A reload was tried (SIGHUP, ``lbd reload``, the file watch): ``ok`` and ``at`` (epoch)."""
-        self.reloads["success" if result.ok else "failure"] += 1
-        self.last_reload = result
-        if result.ok:
-            self.last_reload_success_at = result.at
+    def follow_reloads(self, stats: ReloadStats) -> None:
+        """Export the reload counters ``stats`` (the daemon) keeps; read at scrape time."""
+        self.reload_stats = stats
 
     # -- reading -------------------------------------------------------------------------
     def requests_by_pool(self) -> dict[str, int]:
@@ -250,15 +252,17 @@ class _Collector:
 
     def _reloads(self) -> Iterator[Metric]:
         metrics = self._metrics
-        reloads = CounterMetricFamily("lbd_config_reloads", "Config reloads tried, by result.", labels=("result",))
-        for result, count in metrics.reloads.items():
-            reloads.add_metric((result,), count)
+        stats = metrics.reload_stats
+        reloads = CounterMetricFamily("lbd_config_reloads", "Config reloads tried (SIGHUP, lbd reload, the file "
+                                      "watch), by result.", labels=("result",))
+        reloads.add_metric(("success",), stats.reloads if stats else 0)
+        reloads.add_metric(("failure",), stats.reload_failures if stats else 0)
         yield reloads
-        last = metrics.last_reload
         yield GaugeMetricFamily("lbd_config_last_reload_successful", "Whether the last reload applied (1) or "
-                                "was refused (0).", value=1 if last is None or last.ok else 0)
+                                "was refused (0).", value=0 if stats and stats.last_reload_errors else 1)
+        loaded_at = stats.last_reload_time if stats and stats.last_reload_time else metrics.started_at
         yield GaugeMetricFamily("lbd_config_last_reload_success_timestamp_seconds", "When the config in use was "
-                                "loaded (Unix time).", value=metrics.last_reload_success_at)
+                                "loaded (Unix time).", value=loaded_at)
 
 
 def _cumulative(cell: list) -> list[tuple[str, float]]:

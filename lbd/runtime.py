@@ -77,9 +77,17 @@ class Runtime:
         else:
             host, port = spec.host_port  # type: ignore[misc]
         key = (pool, spec.display_name, host, port, spec.weight)
+        tls = pool_config.upstream.tls
+        key = key + (spec.tls, tls)  # type: ignore[assignment]
         backend = reuse.get(key)
         if backend is None or backend.max_idle != pool_config.upstream.max_idle:
-            backend = Backend(spec.display_name, host, port, spec.weight, pool_config.upstream)
+            context = None
+            if spec.tls:
+                from lbd.config.tls import UpstreamTLSConfig
+                from lbd.proxy.tls import client_context
+                context = client_context(tls or UpstreamTLSConfig())
+            backend = Backend(spec.display_name, host, port, spec.weight, pool_config.upstream,
+                              ssl=context, server_name=tls.server_name if tls else None)
         breaker = backend.breaker
         if not pool_config.breaker.enabled:
             backend.breaker = None

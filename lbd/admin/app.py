@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -27,8 +26,10 @@ from lbd.admin.base import Control, Purger
 from lbd.admin.reload import ReloadResult, config_changes
 from lbd.admin.status_page import STATUS_PAGE
 from lbd.admin.views import backends_view, backend_view, masked_config, summary_view
-from lbd.config import ConfigError, load_config
 from lbd.metrics import Metrics
+
+if TYPE_CHECKING:
+    from lbd.runtime import Runtime
 
 __all__ = ["build_app", "PURGE_FILTERS"]
 
@@ -67,7 +68,6 @@ class _Admin:
         self._control = control
         self._metrics = metrics
         self._cache = cache
-        self._started_at = time.time()
         self._reloading = asyncio.Lock()
         self._tokens = TokenFile(None)
 
@@ -78,7 +78,7 @@ class _Admin:
             self._tokens = TokenFile(path)
         return self._tokens
 
-    def _runtime(self):  # noqa: ANN202 - Runtime, or a 503 before the proxy started
+    def _runtime(self) -> Runtime:
         proxy = self._control.proxy
         if proxy is None:
             raise web.HTTPServiceUnavailable(text='{"error": "starting"}', content_type="application/json")
@@ -114,7 +114,7 @@ class _Admin:
 
     # -- reload --------------------------------------------------------------------------
     async def reload(self, request: web.Request) -> web.Response:
-        async with self._reloading:  # one at a time: each reads the file and swaps whole
+        async with self._reloading:  # one at a time, so each reports its own changes
             try:
                 result = await self._reload()
             except Exception as exc:  # a bug while building must answer, not hang the CLI
@@ -124,24 +124,16 @@ class _Admin:
         return web.json_response(result.to_json(), status=200 if result.ok else 422)
 
     async def _reload(self) -> ReloadResult:
-        before = self._control.config
-        outcome = await self._control.reload()
+        control = self._control
+        before = control.config
+        outcome = await control.reload()
         if isinstance(outcome, ReloadResult):
             return outcome
-        # A daemon whose reload() answers a bare bool: recover the details here.
         if outcome:
-            return ReloadResult.applied(config_changes(before, self._control.config))
-        return ReloadResult.refused(self._file_errors())
-
-    def _file_errors(self) -> list[str]:
-        path = self._control.config_path
-        if path is None:
-            return ["lbd runs without a config file: there is nothing to reload"]
-        try:
-            load_config(path)
-        except ConfigError as exc:
-            return [f"{exc.source}: {message}" for message in exc.messages]
-        return ["the reload was refused; the daemon's log says why"]
+            return ReloadResult.applied(config_changes(before, control.config))
+        if control.config_path is None:
+            return ReloadResult.refused(["lbd runs without a config file: there is nothing to reload"])
+        return ReloadResult.refused(control.last_reload_errors or ["refused; the daemon's log says why"])
 
     # -- cache ---------------------------------------------------------------------------
     async def purge(self, request: web.Request) -> web.Response:
@@ -167,7 +159,7 @@ class _Admin:
                                   "config": masked_config(self._control.config)})
 
     async def summary(self, request: web.Request) -> web.Response:
-        return web.json_response(summary_view(self._runtime(), self._metrics, self._started_at))
+        return web.json_response(summary_view(self._runtime(), self._metrics))
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = self._metrics.render(request.headers.get("Accept"))

@@ -22,10 +22,12 @@ class Control(Protocol):
     config_path: Path | None
     proxy: ProxyServer | None
     """The data plane; ``proxy.runtime`` is the runtime serving new requests."""
+    last_reload_errors: list[str]
+    """Why the last reload was refused (path-named config errors); empty after a success."""
 
     async def reload(self) -> ReloadResult | bool:
-        """Load the config file again and apply it whole or not at all. A
-        :class:`~lbd.admin.reload.ReloadResult` says what changed or why it was refused."""
+        """Load the config file again and apply it whole or not at all: True when it applied
+        (or a :class:`~lbd.admin.reload.ReloadResult`, which says so itself)."""
         ...
 
 

@@ -178,7 +178,8 @@ function showSummary(summary) {
   const ratio = summary.cache.hit_ratio;
   text("cache-ratio", ratio === null ? "no lookups" : (ratio * 100).toFixed(1) + "%");
   const last = summary.last_reload;
-  text("reload", last === null ? "none" : (last.ok ? "ok" : "FAILED") + " " + new Date(last.at * 1000).toLocaleTimeString());
+  text("reload", last === null ? "none" : last.ok ? "ok " + new Date(last.applied_at * 1000).toLocaleTimeString()
+       : "FAILED: " + last.errors.join("; "));
   if (previous !== null && summary.now > previous.now) {
     text("rate", ((summary.requests - previous.requests) / (summary.now - previous.now)).toFixed(1));
   }

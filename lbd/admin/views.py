@@ -15,7 +15,7 @@ from lbd.metrics import backend_state
 
 if TYPE_CHECKING:
     from lbd.config.model import Config
-    from lbd.metrics import Metrics
+    from lbd.metrics import Metrics, ReloadStats
     from lbd.proxy.pool import Backend, Pool
     from lbd.runtime import Runtime
 
@@ -87,14 +87,13 @@ def _breaker_view(backend: Backend) -> dict[str, Any] | None:
             "reopens_in_s": reopens_in, "consecutive_failures": snapshot["consecutive_failures"]}
 
 
-def summary_view(runtime: Runtime, metrics: Metrics, started_at: float) -> dict[str, Any]:
+def summary_view(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
     """Totals for the status page: it turns successive ``requests`` into a rate."""
     by_pool = metrics.requests_by_pool()
     hits, misses = metrics.cache_totals()
-    last = metrics.last_reload
-    source = metrics.source
+    source, now = metrics.source, time.time()
     return {
-        "version": __version__, "now": time.time(), "uptime_s": time.time() - started_at,
+        "version": __version__, "now": now, "uptime_s": now - metrics.started_at,
         "requests": sum(by_pool.values()), "rejected": sum(source.rejected.values()),
         "connections": len(source.connections),
         "pools": {name: {"requests": by_pool.get(name, 0), "backends": len(pool.backends),
@@ -103,10 +102,16 @@ def summary_view(runtime: Runtime, metrics: Metrics, started_at: float) -> dict[
                   for name, pool in runtime.pools.items()},
         "cache": {"hits": hits, "misses": misses,
                   "hit_ratio": hits / (hits + misses) if hits + misses else None},
-        "reloads": dict(metrics.reloads),
-        "last_reload": None if last is None else {"ok": last.ok, "at": last.at,
-                                                  "errors": list(getattr(last, "errors", ()))},
+        **_reloads(metrics.reload_stats),
     }
+
+
+def _reloads(stats: ReloadStats | None) -> dict[str, Any]:
+    if stats is None or not (stats.reloads or stats.reload_failures):
+        return {"reloads": {"success": 0, "failure": 0}, "last_reload": None}
+    return {"reloads": {"success": stats.reloads, "failure": stats.reload_failures},
+            "last_reload": {"ok": not stats.last_reload_errors, "errors": list(stats.last_reload_errors),
+                            "applied_at": stats.last_reload_time or None}}
 
 
 def masked_config(config: Config) -> dict[str, Any]:
@@ -116,13 +121,15 @@ def masked_config(config: Config) -> dict[str, Any]:
     return _mask(config.model_dump(mode="json"))
 
 
-def _mask(value: Any, key: str = "") -> Any:
-    if key and _SECRET_KEY.search(key) and value not in (None, "", [], {}):
-        return MASK
+def _mask(value: Any, secret: bool = False) -> Any:
+    # Leaves under a secret-named key are masked; mappings are walked, so a pool that
+    # happens to be called "keys" is shown, and its secret-named leaves are not.
     if isinstance(value, dict):
-        return {k: _mask(v, str(k)) for k, v in value.items()}
+        return {k: _mask(v, bool(_SECRET_KEY.search(str(k)))) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask(item) for item in value]
+        return [_mask(item, secret) for item in value]
+    if secret and value not in (None, ""):
+        return MASK
     if isinstance(value, str):
         return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", value)
     return value

@@ -56,11 +56,14 @@ def _quantize(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(suffix=".onnx", dir=target.parent)
     os.close(handle)
+    quiet = logging.getLogger()  # the quantizer logs advice on the root logger; it does not apply
+    level, quiet.level = quiet.level, logging.ERROR
     try:  # the contrib Attention op has no shape inference: tell the quantizer it is float
         quantize_dynamic(str(source), staging, weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         os.replace(staging, target)  # atomic: instances starting together see one file
     finally:
+        quiet.level = level
         if os.path.exists(staging):
             os.unlink(staging)
 

@@ -16,6 +16,7 @@ from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
 from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig
 from lbd.config.security import AuthConfig, RateLimitConfig
+from lbd.config.tls import ListenerTLSConfig, UpstreamTLSConfig
 from lbd.units import Duration, Size
 from lbd_worker.config import WorkerConfig
 
@@ -70,6 +71,7 @@ class ListenerConfig(Strict):
 
     address: str = "0.0.0.0:8080"
     backlog: int = Field(1024, ge=1)
+    tls: ListenerTLSConfig | None = None
 
     _check_address = field_validator("address")(classmethod(lambda cls, v: _address(v)))
 
@@ -199,9 +201,9 @@ class BackendConfig(Strict):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        match = re.fullmatch(r"http://(\[[0-9a-fA-F:.]+\]|[^/:\s]+)(?::(\d+))?/?", value)
+        match = re.fullmatch(r"https?://(\[[0-9a-fA-F:.]+\]|[^/:\s]+)(?::(\d+))?/?", value)
         if match is None:
-            raise ValueError(f"not a backend URL: {value!r}; use http://host:port")
+            raise ValueError(f"not a backend URL: {value!r}; use http://host:port or https://host:port")
         if match.group(2) and not 0 < int(match.group(2)) < 65536:
             raise ValueError(f"port must be 1..65535 in {value!r}")
         return value.rstrip("/")
@@ -216,13 +218,17 @@ class BackendConfig(Strict):
     def host_port(self) -> tuple[str, int] | None:
         if self.url is None:
             return None
-        rest = self.url[len("http://"):]
+        rest = self.url.partition("://")[2]
         if rest.startswith("["):
             host, _, port = rest[1:].partition("]")
             port = port.lstrip(":")
         else:
             host, _, port = rest.partition(":")
-        return host, int(port or 80)
+        return host, int(port or (443 if self.tls else 80))
+
+    @property
+    def tls(self) -> bool:
+        return self.url is not None and self.url.startswith("https://")
 
     @property
     def display_name(self) -> str:
@@ -256,6 +262,7 @@ class UpstreamConfig(Strict):
 
     max_idle: int = Field(64, ge=0)
     idle_timeout: Duration = 60.0
+    tls: UpstreamTLSConfig | None = None
 
 
 class PoolConfig(Strict):

@@ -71,6 +71,8 @@ class ClientConnection(Corked, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unix"
         self.client_ip_bytes = self.client_ip.encode()
+        if transport.get_extra_info("ssl_object") is not None:
+            self.scheme = b"https"
         self.last_active = self.loop.time()
         if not self.server.admit_connection(self):
             self.closing = True

@@ -47,7 +47,11 @@ _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
 async def _open(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float) -> tuple:
     # Made inside the task so that a task cancelled before it ran leaves no coroutine behind.
     factory = lambda: UpstreamConnection(backend)  # noqa: E731
-    return await asyncio.wait_for(loop.create_connection(factory, backend.host, backend.port), timeout)
+    if backend.ssl is None:
+        return await asyncio.wait_for(loop.create_connection(factory, backend.host, backend.port), timeout)
+    return await asyncio.wait_for(loop.create_connection(
+        factory, backend.host, backend.port, ssl=backend.ssl, server_hostname=backend.server_name or backend.host,
+        ssl_handshake_timeout=timeout), timeout)
 
 
 class Exchange(Request):

@@ -30,10 +30,10 @@ class Backend:
     ``drained`` is the operator's (admin API), kept apart so neither overwrites the other."""
 
     __slots__ = ("name", "host", "port", "weight", "config_weight", "inflight", "available", "drained",
-                 "breaker", "max_idle", "idle_timeout", "_idle", "requests", "failures")
+                 "breaker", "max_idle", "idle_timeout", "_idle", "requests", "failures", "ssl", "server_name")
 
     def __init__(self, name: str, host: str, port: int, weight: float, upstream: UpstreamConfig,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, ssl: object = None, server_name: str | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -48,6 +48,9 @@ class Backend:
         self._idle: list[UpstreamConnection] = []
         self.requests = 0
         self.failures = 0
+        self.ssl = ssl
+        """An ``ssl.SSLContext`` for an ``https://`` backend, else ``None``."""
+        self.server_name = server_name
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {self.host}:{self.port}, weight={self.weight:g}, inflight={self.inflight})"

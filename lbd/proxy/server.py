@@ -41,12 +41,18 @@ class ProxyServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._janitor: asyncio.Task | None = None
         self.bound: list[tuple[str, int]] = []
+        self._tls: dict[tuple[str, int], object] = {}  # listener address -> its SSLContext
 
     async def start(self) -> None:
+        from lbd.proxy.tls import server_context
+
         for listener in self.runtime.config.listen:
             host, port = parse_address(listener.address)
+            context = server_context(listener.tls) if listener.tls is not None else None
+            if context is not None:
+                self._tls[(host, port)] = context
             server = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, backlog=listener.backlog,
+                lambda: ClientConnection(self), host, port, backlog=listener.backlog, ssl=context,
                 reuse_address=True, family=socket.AF_INET6 if ":" in host else socket.AF_INET)
             self._servers.append(server)
             self.bound.extend(sock.getsockname()[:2] for sock in server.sockets)
@@ -55,11 +61,21 @@ class ProxyServer:
 
     def swap(self, runtime: Runtime) -> None:
         """Serve new requests from ``runtime``; requests in flight finish on the old one."""
+        self._reload_certificates(runtime)
         old, self.runtime = self.runtime, runtime
         self.limits = runtime.config.client
         self.access_log.enabled = runtime.config.log.access
         for backend in old.retired(runtime):
             backend.retire()
+
+    def _reload_certificates(self, runtime: Runtime) -> None:
+        """Listeners stay bound across reloads; their certificates follow the file."""
+        from lbd.proxy.tls import reload_server_context
+
+        for listener in runtime.config.listen:
+            context = self._tls.get(parse_address(listener.address))
+            if context is not None and listener.tls is not None:
+                reload_server_context(context, listener.tls)  # type: ignore[arg-type]
 
     # -- per request ---------------------------------------------------------------------
     def observe(self, exchange: Exchange) -> None:

@@ -134,8 +134,19 @@ def main() -> None:
     parser.add_argument("--name", default="upstream")
     parser.add_argument("--fail-status", type=int, default=0)
     parser.add_argument("--retry-after", default="")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (and --tls-key)")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     args = parser.parse_args()
-    web.run_app(make_app(args.name, args.fail_status, args.retry_after), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    context = None
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            context.load_verify_locations(args.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    web.run_app(make_app(args.name, args.fail_status, args.retry_after), ssl_context=context, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,16 @@ def lbd(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_check_accepts_a_good_file_like_nginx_t():
-    result = lbd("check", "conf/lbd.example.yaml")
+    result = lbd("check", "conf/lbd.yaml")
     assert result.returncode == 0
     assert "test is successful" in result.stdout
+
+
+def test_check_loads_certificates_as_nginx_t_does():
+    # The annotated example names certificate files this machine does not have.
+    result = lbd("check", "conf/lbd.example.yaml")
+    assert result.returncode == 1
+    assert "listen.1.tls: cannot load the certificate" in result.stderr
 
 
 def test_check_rejects_a_bad_file_with_path_named_errors(tmp_path):

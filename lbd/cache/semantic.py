@@ -1,0 +1,119 @@
+"""The semantic cache: nearest cached text in the request's partition, checked by the guards.
+
+A lookup takes the ``candidates`` nearest texts at or above the threshold, drops expired ones
+and those a guard declines, and serves the best survivor's entry, unless a second survivor
+(a different cached text) scores within ``ambiguity_margin`` of it: then the query matches
+two cached questions about equally and the cache cannot tell which answer was meant, so it
+misses (the nearest-neighbour ratio test of feature matching, applied to texts).
+
+Every decision is reported as a :class:`SemanticResult` with its reason, for metrics and
+logs: ``hit``, ``no-candidate``, ``guard:<name>``, ``ambiguous``, ``entry-gone``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from lbd.cache import guards
+from lbd.cache.base import Candidate, Scope, Store, VectorFeed, VectorIndex, VectorRecord, WallClock
+from lbd.cache.exact import Hit
+
+__all__ = ["SemanticCache", "SemanticResult", "SemanticQuery"]
+
+_log = logging.getLogger("lbd.cache.semantic")
+
+
+@dataclass(frozen=True)
+class SemanticQuery:
+    """One lookup: where, what, and the route's settings."""
+
+    partition: str
+    text: str
+    vector: np.ndarray
+    threshold: float
+    candidates: int = 4
+    guards: tuple[str, ...] = tuple(guards.GUARDS)
+    ambiguity_margin: float = 0.01
+
+
+@dataclass(frozen=True)
+class SemanticResult:
+    hit: Hit | None
+    reason: str
+    best_similarity: float | None = None
+
+
+class SemanticCache:
+    """Index + store (+ the feed that shares the index between instances)."""
+
+    def __init__(self, index: VectorIndex, store: Store, clock: WallClock, feed: VectorFeed | None = None) -> None:
+        self.index = index
+        self._store = store
+        self._clock = clock
+        self._feed = feed
+
+    async def lookup(self, query: SemanticQuery) -> SemanticResult:
+        found = self.index.search(query.partition, query.vector, query.candidates, query.threshold)
+        if not found:
+            return SemanticResult(None, "no-candidate")
+        passing, declined = self._screen(query, found)
+        if not passing:
+            return SemanticResult(None, declined or "expired", found[0].similarity)
+        best = passing[0]
+        if len(passing) > 1 and best.similarity - passing[1].similarity < query.ambiguity_margin:
+            return SemanticResult(None, "ambiguous", best.similarity)
+        entry = await self._store.get(best.record.entry_key)
+        if entry is None or not entry.is_fresh(self._clock.now()):
+            if entry is None:
+                self.index.remove(query.partition, best.record.text)
+            return SemanticResult(None, "entry-gone", best.similarity)
+        return SemanticResult(Hit(entry, "hit-semantic", best.record.entry_key, best.similarity), "hit",
+                              best.similarity)
+
+    def _screen(self, query: SemanticQuery, found: list[Candidate]) -> tuple[list[Candidate], str | None]:
+        now, passing, declined = self._clock.now(), [], None
+        for candidate in found:
+            if candidate.record.expires_at <= now:
+                self.index.remove(query.partition, candidate.record.text)
+                continue
+            failed = guards.check(query.text, candidate.record.text, query.guards)
+            if failed is None:
+                passing.append(candidate)
+            elif declined is None:
+                declined = f"guard:{failed}"
+        return passing, declined
+
+    async def remember(self, record: VectorRecord) -> None:
+        """Indexes ``record`` here and, through the feed, on every other instance."""
+        self.index.add(record)
+        if self._feed is not None:
+            await self._feed.publish(record)
+
+    # -- what the feed reports from other instances ------------------------------------------
+    def on_add(self, record: VectorRecord) -> None:
+        if record.expires_at > self._clock.now() and len(record.vector) == getattr(self.index, "dimensions", 384):
+            self.index.add(record)
+
+    def on_purge(self, scope: Scope) -> None:
+        self.index.purge(scope)
+
+    async def resync(self) -> None:
+        """Rebuilds the index from the feed's full list (start, or Redis back after an outage)."""
+        if self._feed is None:
+            return
+        records = await self._feed.load()
+        now = self._clock.now()
+        fresh = self.index.__class__(**_index_options(self.index))
+        for record in records:
+            if record.expires_at > now:
+                fresh.add(record)
+        self.index = fresh
+        _log.info("semantic index loaded: %d texts", len(fresh))
+
+
+def _index_options(index: VectorIndex) -> dict:
+    options = getattr(index, "options", None)
+    return dict(options) if options else {}
