@@ -42,6 +42,7 @@ _BACKEND_STATES = ("healthy", "unhealthy", "drained", "ejected")
 
 FAMILIES = (
     "lbd_requests", "lbd_request_duration_seconds", "lbd_requests_rejected", "lbd_client_connections",
+    "lbd_client_connections_refused",
     "lbd_upstream_attempts", "lbd_upstream_failures", "lbd_upstream_retries", "lbd_upstream_idle_connections",
     "lbd_retry_budget_exhausted", "lbd_retry_budget_available_retries",
     "lbd_backend_state", "lbd_backend_healthy", "lbd_backend_breaker_state", "lbd_backend_inflight_requests",
@@ -59,6 +60,7 @@ class Source(Protocol):
     runtime: Runtime
     connections: Sized
     rejected: Mapping[int, int]
+    refused_connections: int
 
 
 class Observed(Protocol):
@@ -236,6 +238,8 @@ class _Collector:
             rejected.add_metric((str(status),), count)
         yield rejected
         yield GaugeMetricFamily("lbd_client_connections", "Open client connections.", value=len(source.connections))
+        yield CounterMetricFamily("lbd_client_connections_refused", "Client connections closed at once by the "
+                                  "connection caps.", value=source.refused_connections)
 
     def _cache(self) -> Iterator[Metric]:
         metrics = self._metrics

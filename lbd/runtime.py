@@ -66,7 +66,7 @@ class Runtime:
             pool.limiter = LocalLimiter(limit, clock) if limit.store == "local" else RedisLimiter(limit, name)
         if config.health_checked:
             pool.checker = HealthChecker(name, members, config.health, models=config.match.models, clock=clock,
-                                         rng=rng, on_transition=lambda backend, healthy, result: pool.refresh())
+                                         rng=rng, on_transition=pool.on_health_transition)
         return pool
 
     @staticmethod

@@ -138,7 +138,8 @@ function backendRow(backend) {
   const breaker = backend.breaker ? backend.breaker.state : "none";
   cell(row, breakerText(backend.breaker), "breaker breaker-" + breaker);
   cell(row, backend.inflight);
-  cell(row, backend.weight === backend.config_weight ? backend.weight : backend.weight.toFixed(2) + " / " + backend.config_weight);
+  const ramping = backend.weight !== backend.config_weight;  // slow start
+  cell(row, ramping ? backend.weight.toFixed(2) + " / " + backend.config_weight : backend.weight);
   cell(row, backend.requests);
   cell(row, backend.failures);
   cell(row, seconds(backend.latency_s));

@@ -23,6 +23,7 @@ __all__ = ["backends_view", "backend_view", "summary_view", "masked_config", "MA
 
 MASK = "***"
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|key|credential|authorization|cookie", re.IGNORECASE)
+_NAMED = frozenset({"pools", "workers"})
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
@@ -46,7 +47,8 @@ def _pool_view(pool: Pool) -> dict[str, Any]:
     }
 
 
-def backend_view(pool: Pool, backend: Backend, outlier: dict[str, Any], health: dict[str, Any] | None) -> dict[str, Any]:
+def backend_view(pool: Pool, backend: Backend, outlier: dict[str, Any],
+                 health: dict[str, Any] | None) -> dict[str, Any]:
     """One backend: state (healthy, unhealthy, drained, ejected) and why, the ejection
     deadline, the breaker, load and counters, and the last probe."""
     state = backend_state(pool, backend)
@@ -121,11 +123,13 @@ def masked_config(config: Config) -> dict[str, Any]:
     return _mask(config.model_dump(mode="json"))
 
 
-def _mask(value: Any, secret: bool = False) -> Any:
-    # Leaves under a secret-named key are masked; mappings are walked, so a pool that
-    # happens to be called "keys" is shown, and its secret-named leaves are not.
+def _mask(value: Any, secret: bool = False, named: bool = False) -> Any:
+    """Everything under a secret-named key is masked. The keys of ``pools`` and ``workers``
+    are names people chose, not settings: a pool called "keys" is shown (its secret-named
+    settings are not)."""
     if isinstance(value, dict):
-        return {k: _mask(v, bool(_SECRET_KEY.search(str(k)))) for k, v in value.items()}
+        return {k: _mask(v, secret or (not named and bool(_SECRET_KEY.search(str(k)))), k in _NAMED and not secret)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(item, secret) for item in value]
     if secret and value not in (None, ""):

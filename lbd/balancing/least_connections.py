@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-from lbd.balancing import _order
 from lbd.balancing.base import Backend, NoOptions, RequestView
 from lbd.clock import Clock
 
@@ -41,7 +40,12 @@ class LeastConnections:
         # when they are not neighbours: with b0, b1 idle and b2 busy, b0 and b1 alternate.
         self._start = pick + 1 if pick + 1 < count else 0
         yield self._backends[pick]
-        yield from _order.after(self._backends, pick)
+        # Fallbacks by load too: the pick may be filtered out (down, ejected, breaker open,
+        # all of which leave it idle and so "least loaded"), and a fixed order after it
+        # would send everything to its neighbour.
+        rest = [b for i, b in enumerate(self._backends) if i != pick]
+        rest.sort(key=_load)
+        yield from rest
 
     def _least_loaded(self, start: int, count: int) -> int:
         ring = self._ring
@@ -56,3 +60,7 @@ class LeastConnections:
 
     def observe(self, backend: Backend, latency: float, ok: bool) -> None:
         """Least connections reads in-flight counts; it does not learn from latency."""
+
+
+def _load(backend: Backend) -> float:
+    return backend.inflight / backend.weight

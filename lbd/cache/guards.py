@@ -152,15 +152,21 @@ def _all_mentioned(source: TextFeatures, other: TextFeatures) -> bool:
 
 def _mentions(text: TextFeatures, name: str) -> bool:
     """Whether ``name`` occurs in ``text``: as the start of a word (``python`` in ``pythonic``),
-    as a phrase, or as an acronym of consecutive words (``ML``: machine learning)."""
+    as its stem (``pythonic`` for ``python``), as a phrase, or as an acronym of consecutive
+    words (``ML``: machine learning)."""
     if name in text.lowered:
         return True
     parts = name.split()
     if len(parts) > 1:
         return _phrase_at(text.words, [_plain(part) for part in parts]) is not None
-    if any(word.startswith(name) for word in text.words):
+    if any(word.startswith(name) or _same_stem(name, word) for word in text.words):
         return True
     return _is_acronym(name) and bool(_acronym_words(text, [name]))
+
+
+def _same_stem(name: str, word: str) -> bool:
+    """``pythonic`` and ``python``: the word is the name less a short suffix."""
+    return len(word) >= 4 and name.startswith(word) and len(name) - len(word) <= 3
 
 
 def _is_acronym(name: str) -> bool:

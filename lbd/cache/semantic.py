@@ -1,10 +1,11 @@
 """The semantic cache: nearest cached text in the request's partition, checked by the guards.
 
-A lookup takes the ``candidates`` nearest texts at or above the threshold, drops expired ones
-and those a guard declines, and serves the best survivor's entry, unless a second survivor
-(a different cached text) scores within ``ambiguity_margin`` of it: then the query matches
-two cached questions about equally and the cache cannot tell which answer was meant, so it
-misses (the nearest-neighbour ratio test of feature matching, applied to texts).
+A lookup takes the ``candidates`` nearest texts, drops expired ones, and serves the entry of
+the best one at or above the threshold that every guard accepts, unless another cached text
+scores higher than it or less than ``ambiguity_margin`` below it, whatever the guards say of
+that one: the query is then about as close to two different cached texts, and the cache
+cannot tell which answer was meant, so it misses (the nearest-neighbour ratio test of
+feature matching, applied to texts). A margin of 0 turns the rule off.
 
 Every decision is reported as a :class:`SemanticResult` with its reason, for metrics and
 logs: ``hit``, ``no-candidate``, ``guard:<name>``, ``ambiguous``, ``entry-gone``.
@@ -56,14 +57,17 @@ class SemanticCache:
         self._feed = feed
 
     async def lookup(self, query: SemanticQuery) -> SemanticResult:
-        found = self.index.search(query.partition, query.vector, query.candidates, query.threshold)
-        if not found:
+        found = self.index.search(query.partition, query.vector, query.candidates,
+                                  query.threshold - query.ambiguity_margin)
+        live = self._live(query.partition, found)
+        above = [candidate for candidate in live if candidate.similarity >= query.threshold]
+        if not above:
             return SemanticResult(None, "no-candidate")
-        passing, declined = self._screen(query, found)
-        if not passing:
-            return SemanticResult(None, declined or "expired", found[0].similarity)
-        best = passing[0]
-        if len(passing) > 1 and best.similarity - passing[1].similarity < query.ambiguity_margin:
+        best, declined = self._first_passing(query, above)
+        if best is None:
+            return SemanticResult(None, declined, above[0].similarity)
+        if query.ambiguity_margin > 0 and any(
+                other is not best and best.similarity - other.similarity < query.ambiguity_margin for other in live):
             return SemanticResult(None, "ambiguous", best.similarity)
         entry = await self._store.get(best.record.entry_key)
         if entry is None or not entry.is_fresh(self._clock.now()):
@@ -73,18 +77,24 @@ class SemanticCache:
         return SemanticResult(Hit(entry, "hit-semantic", best.record.entry_key, best.similarity), "hit",
                               best.similarity)
 
-    def _screen(self, query: SemanticQuery, found: list[Candidate]) -> tuple[list[Candidate], str | None]:
-        now, passing, declined = self._clock.now(), [], None
+    def _live(self, partition: str, found: list[Candidate]) -> list[Candidate]:
+        now, live = self._clock.now(), []
         for candidate in found:
-            if candidate.record.expires_at <= now:
-                self.index.remove(query.partition, candidate.record.text)
-                continue
+            if candidate.record.expires_at > now:
+                live.append(candidate)
+            else:
+                self.index.remove(partition, candidate.record.text)
+        return live
+
+    def _first_passing(self, query: SemanticQuery, above: list[Candidate]) -> tuple[Candidate | None, str]:
+        """The best candidate every guard accepts, or the first guard that declined."""
+        declined = ""
+        for candidate in above:
             failed = guards.check(query.text, candidate.record.text, query.guards)
             if failed is None:
-                passing.append(candidate)
-            elif declined is None:
-                declined = f"guard:{failed}"
-        return passing, declined
+                return candidate, ""
+            declined = declined or f"guard:{failed}"
+        return None, declined
 
     async def remember(self, record: VectorRecord) -> None:
         """Indexes ``record`` here and, through the feed, on every other instance."""

@@ -81,6 +81,7 @@ class ResponseCache:
         self._embedders: dict[str, Embedder] = dict(embedders or {})
         self._pool_embedder = pool_embedder
         self._inprocess = inprocess
+        self._owned: list[Embedder] = []  # made here, closed here; given ones belong to the caller
         self._coalescer = Coalescer()
         self.stats: Counter[str] = Counter()
 
@@ -91,7 +92,7 @@ class ResponseCache:
 
     async def close(self) -> None:
         await self._store.close()
-        for embedder in self._embedders.values():
+        for embedder in self._owned:
             await embedder.close()
 
     # -- lookup ---------------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class ResponseCache:
             else:
                 raise LookupError(f"no embedder for {name}")
             self._embedders[name] = embedder
+            self._owned.append(embedder)
         return embedder
 
     def warm(self, routes: Iterable[PoolCacheConfig]) -> None:
@@ -274,7 +276,9 @@ class ResponseCache:
             lookup.ticket = None
 
     async def stale(self, lookup: Lookup) -> Hit | None:
-        """An expired entry within ``stale_if_error``, when every try upstream failed."""
+        """An expired entry within ``stale_if_error``, when every try upstream failed. Ends
+        this request's lead (followers try upstream themselves)."""
+        self.release(lookup)
         if lookup.key is None or not lookup.route.stale_if_error:
             return None
         entry = lookup.stale_entry or await self._store.get(lookup.key)

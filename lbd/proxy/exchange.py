@@ -307,7 +307,9 @@ class Exchange(Request):
         if sent and not (self._replayable and self.request_done or self.fields.body_mode == BODY_NONE):
             return False  # the body is gone (too large to keep, or still streaming in)
         delay = policy.backoff(self.retries)
-        if retry_after is not None:
+        if retry_after is not None and not pool.has_untried_usable(self.tried):
+            # Retry-After speaks for the backend that sent it: wait it out only when the
+            # retry has nowhere else to go.
             delay = max(delay, retry_after)
         loop = self.client.loop
         if loop.time() + delay >= self.deadline or not pool.budget.try_spend():

@@ -130,8 +130,21 @@ class Pool:
         self.limiter = None
         """A local or Redis rate limiter when the pool is rate limited."""
 
+    def has_untried_usable(self, tried: set[Backend]) -> bool:
+        """Is there a backend a retry could go to instead (error path only: O(n))?"""
+        return any(b not in tried and self.usable(b) for b in self.backends)
+
     def usable(self, backend: Backend) -> bool:
         return backend.available and not backend.drained and not self.outlier.is_ejected(backend)
+
+    def on_health_transition(self, backend: Backend, healthy: bool, result: object) -> None:
+        """The checker's verdict changed. Coming back up lifts an ejection and lets the
+        breaker try at once: the active check is better evidence than old failures."""
+        if healthy:
+            self.outlier.uneject(backend)
+            if backend.breaker is not None:
+                backend.breaker.on_recovered()
+        self.refresh()
 
     def refresh(self) -> None:
         """Recount usable backends (on health transitions, ejections, and every janitor tick,

@@ -84,7 +84,8 @@ class ProxyServer:
             self.access_log.add((
                 exchange.request_id.decode("latin-1"), exchange.client_ip, exchange.method.decode("latin-1"),
                 exchange.path, exchange.status, exchange.pool.name if exchange.pool else None,
-                exchange.served_by or None, len(exchange.tried), time.monotonic() - exchange.started,
+                exchange.served_by or None, exchange.retries + 1 if exchange.tried else 0,
+                time.monotonic() - exchange.started,
                 None, exchange.tenant,
             ))
 

@@ -122,6 +122,13 @@ class CircuitBreaker:
             if requests >= config.minimum_requests and ratio >= config.failure_ratio:
                 self._open(f"failure ratio {ratio:.2f} over {config.window:g}s ({requests} requests)")
 
+    def on_recovered(self) -> None:
+        """An active health check saw the backend recover: an open breaker goes half-open at
+        once, so trial requests decide instead of waiting out ``open_for``."""
+        if self._state == OPEN:
+            self.reopens_at = self._clock.now()
+            self._maybe_half_open()
+
     def _open(self, reason: str) -> None:
         now = self._clock.now()
         self.opened_at = now

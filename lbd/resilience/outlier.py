@@ -107,6 +107,14 @@ class OutlierDetector:
         del self._ejected[backend]
         return False
 
+    def uneject(self, backend: Hashable) -> None:
+        """A passing active health check ends an ejection (Envoy's
+        ``successful_active_health_check_uneject_host``) and resets the streaks."""
+        self._ejected.pop(backend, None)
+        state = self._states.get(backend)
+        if state is not None:
+            state.consecutive_5xx = state.consecutive_gateway = state.consecutive_local = 0
+
     def in_panic(self, usable: int, total: int) -> bool:
         return in_panic(usable, total, self.config.panic_threshold)
 

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lbd import __version__
-from lbd.admin.reload import ReloadResult
 from lbd.clock import ManualClock
 from lbd.config import load_config_text
+from lbd.daemon import Daemon
 from lbd.metrics import BUCKETS, FAMILIES, Metrics
 from lbd.proxy.admission import NORMAL
 from lbd.proxy.pool import Pool
@@ -199,19 +199,24 @@ def test_connections_rejections_cache_reloads_and_build_info(metrics: Metrics, p
     metrics.cache_lookup("web", "miss")
     metrics.cache_lookup("web", "bypass")
     metrics.cache_error("timeout")
-    started = metrics.last_reload_success_at
-    metrics.record_reload(ReloadResult.applied({}))
-    metrics.record_reload(ReloadResult.refused(["pools.web.retry.attempts: must be >= 1"]))
+    before = scrape(metrics)
+    assert value(before, "lbd_config_reloads_total", result="failure") == 0
+    assert value(before, "lbd_config_last_reload_success_timestamp_seconds") == metrics.started_at
+    daemon = Daemon(proxy.runtime.config, None)
+    metrics.follow_reloads(daemon)
+    daemon.reloads, daemon.last_reload_time = 1, 1_800_000_000.0  # as a reload that applied leaves them
+    daemon.reload_failures, daemon.last_reload_errors = 1, ["lbd.yaml: pools.web.retry.attempts: must be >= 1"]
     samples = scrape(metrics)
     assert value(samples, "lbd_requests_rejected_total", code="431") == 2
     assert value(samples, "lbd_client_connections") == 0
+    assert value(samples, "lbd_client_connections_refused_total") == 0
     assert value(samples, "lbd_cache_requests_total", pool="web", result="hit_exact") == 1
     assert value(samples, "lbd_cache_errors_total", kind="timeout") == 1
     assert metrics.cache_totals() == (2, 1)
     assert value(samples, "lbd_config_reloads_total", result="success") == 1
     assert value(samples, "lbd_config_reloads_total", result="failure") == 1
     assert value(samples, "lbd_config_last_reload_successful") == 0
-    assert started <= value(samples, "lbd_config_last_reload_success_timestamp_seconds") <= time.time()
+    assert value(samples, "lbd_config_last_reload_success_timestamp_seconds") == 1_800_000_000.0
     info = samples["lbd_build_info"]
     assert len(info) == 1 and dict(next(iter(info)))["version"] == __version__
 
@@ -231,7 +236,8 @@ def test_every_family_is_declared_once_and_named_by_the_conventions(metrics: Met
 
 def test_observe_costs_well_under_a_microsecond_or_two(metrics: Metrics, proxy: ProxyServer):
     """The hot path: prometheus-client label lookups would cost ~5 us here; cells ~0.2 us."""
-    records = [Finished(proxy.runtime.pools["web"], name, status) for name in ("alpha", "beta") for status in (200, 503)]
+    web = proxy.runtime.pools["web"]
+    records = [Finished(web, name, status) for name in ("alpha", "beta") for status in (200, 503)]
     observe, rounds = metrics.observe, 20_000
     started = time.perf_counter()
     for _ in range(rounds):

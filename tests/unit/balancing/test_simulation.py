@@ -400,3 +400,14 @@ def test_peak_ewma_a_fast_failure_never_makes_a_backend_look_faster(ok, expected
     balancer.observe(backends[1], 0.020, ok=True)
     balancer.observe(backends[0], 0.001, ok=ok)  # success: 14.4 ms; failure: 25.2 ms
     assert pick(balancer).name == expected
+
+
+def test_least_connections_falls_back_by_load_not_by_list_order():
+    """A filtered-out backend is idle, so it is the pick; the fallbacks must still be the
+    least loaded, or its list neighbour takes everything."""
+    backends = make_backends(1, 1, 1, 1)
+    balancer = build_balancer("least_connections", backends)
+    backends[1].inflight, backends[2].inflight, backends[3].inflight = 9, 1, 5
+    order = list(balancer.candidates(FakeRequest()))
+    assert order[0] is backends[0]
+    assert order[1:] == [backends[2], backends[3], backends[1]]

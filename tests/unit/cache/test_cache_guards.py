@@ -1,0 +1,95 @@
+"""The guards: each rule on pairs it must decline and pairs it must let through."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lbd.cache.guards import GUARDS, check, features
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Why do people change?", "Why don't people change?"),
+    ("Is the API key required?", "Is the API key not required?"),
+    ("Can liquids be compressed?", "Liquids cannot be compressed, can they?"),
+    ("I have seen it", "I have never seen it"),
+])
+def test_negation_declines_flipped_polarity(a: str, b: str) -> None:
+    assert check(a, b) == "negation"
+
+
+@pytest.mark.parametrize("a, b", [
+    ("It is not available in version 2.10.0.", "No, it doesn't exist in v2.10.0."),
+    ("Not only fast but also cheap", "Fast and cheap too"),
+    ("You cannot do that", "That isn't possible"),
+])
+def test_negation_passes_same_polarity(a: str, b: str) -> None:
+    assert check(a, b, ["negation"]) is None
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Should people over 90 be allowed to vote?", "Should people over 98 be allowed to vote?"),
+    ("What zodiac sign is January 21?", "What zodiac sign is January 20?"),
+    ("How do I lose 15 kilos?", "How do I lose 30 pounds?"),
+    ("There are three methods", "There are two methods"),
+    ("Install version 2.10.0", "Install version 2.1"),
+    ("Make $10,000 a month", "Make $1,000 a month"),
+])
+def test_numbers_decline_different_numbers(a: str, b: str) -> None:
+    assert check(a, b, ["numbers"]) == "numbers"
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Make $10,000 a month", "Earn 10000 dollars per month"),
+    ("It takes 3 steps", "It takes three steps"),
+    ("It works in two steps: 1) download 2) generate", "It is a two-step process"),
+    ("Preprocess the whole dataset in one go", "Preprocess the entire dataset at once"),
+    ("Set the ratio to 0.50", "Set the ratio to 0.5"),
+])
+def test_numbers_pass_the_same_numbers_written_differently(a: str, b: str) -> None:
+    assert check(a, b, ["numbers"]) is None
+
+
+@pytest.mark.parametrize("a, b", [
+    ("What is the best hotel in Ohio?", "What is the best hotel in Kentucky?"),
+    ("How do I learn Java quickly?", "How do I learn Python quickly?"),
+    ("Upgrade from an i3 to a newer laptop", "Upgrade from an i5 to a newer laptop"),
+    ("Call `load_dataset` first", "Call `load_metric` first"),
+    ('Set "anon=True" on the client', 'Set "anon=False" on the client'),
+    ("The first day at Bridge Bank", "The first day at Associated Bank"),
+])
+def test_entities_decline_different_names(a: str, b: str) -> None:
+    assert check(a, b, ["entities"]) == "entities"
+
+
+@pytest.mark.parametrize("a, b", [
+    ("What is the salary of the Indian president?", "what is the indian president's salary"),
+    ("Tasks for Machine Learning projects", "Tasks for ML projects"),
+    ("Libraries with TypeScript types", "Libraries with TS types"),
+    ("Use `AudioFolder` to load it", "Load it with the audiofolder builder"),
+    ("Save datasets the Pythonic way", "Save datasets with Python"),
+    ("Why is it raining?", "Why is it raining today?"),
+])
+def test_entities_pass_the_same_names_reworded(a: str, b: str) -> None:
+    assert check(a, b, ["entities"]) is None
+
+
+def test_disabled_guards_do_not_run() -> None:
+    assert check("Why do people change?", "Why don't people change?", ["numbers", "entities"]) is None
+
+
+def test_features_are_cached_per_text() -> None:
+    assert features("Some text 12") is features("Some text 12")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120))
+def test_a_text_always_passes_against_itself(text: str) -> None:
+    assert check(text, text) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_guards_are_symmetric(a: str, b: str) -> None:
+    assert (check(a, b) is None) == (check(b, a) is None)
+    assert set(GUARDS) == {"negation", "numbers", "entities"}

@@ -1,0 +1,183 @@
+"""The cache as the data plane uses it, with the real MiniLM and the memory store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from lbd.cache import RequestInfo, ResponseCache
+from lbd.cache.embedder import PoolEmbedder
+from lbd.cache.memory import MemoryStore
+from lbd.clock import ManualClock
+from lbd.config.cache import PoolCacheConfig
+from tests.support.procs import free_port
+
+JSON = [("content-type", "application/json")]
+ROUTE = PoolCacheConfig.model_validate({"semantic": {}, "stale_if_error": "1m"})
+
+
+def kserve(text: str, key: str = "key-a", **headers: str) -> RequestInfo:
+    body = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]})
+    return RequestInfo("minilm", "minilm", "1", "POST", "/v2/models/minilm/infer",
+                       {"x-api-key": key, **headers}, body)
+
+
+def chat(*turns: str, key: str = "key-a") -> RequestInfo:
+    roles = ["user", "assistant"] * len(turns)
+    body = orjson.dumps({"model": "m", "messages": [{"role": r, "content": t} for r, t in zip(roles, turns)]})
+    return RequestInfo("llm", "m", "", "POST", "/v1/chat/completions", {"authorization": f"Bearer {key}"}, body)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def cache(embedder, clock: ManualClock) -> ResponseCache:
+    return ResponseCache(MemoryStore(clock=clock), embedders={"inprocess": embedder}, clock=clock)
+
+
+async def remember(cache: ResponseCache, info: RequestInfo, answer: bytes, route=ROUTE, status: int = 200,
+                   headers=JSON) -> bool:
+    lookup = await cache.lookup(info, route)
+    assert lookup.hit is None
+    return await cache.store(lookup, status, headers, answer)
+
+
+def test_exact_hit_ignores_json_layout(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        await remember(cache, kserve("hello world"), b'{"answer": 1}')
+        spaced = kserve("hello world")
+        spaced = RequestInfo(**{**spaced.__dict__, "body": spaced.body.replace(b",", b" , ")})
+        lookup = await cache.lookup(spaced, ROUTE)
+        assert lookup.hit.kind == "hit" and lookup.hit.body == b'{"answer": 1}'
+        assert lookup.hit.headers == (("content-type", "application/json"),)
+    asyncio.run(scenario())
+
+
+def test_paraphrase_hits_semantically_and_reports_similarity(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        await remember(cache, kserve("How do I reset my password?"), b"reset it here")
+        lookup = await cache.lookup(kserve("How can I reset my password?"), ROUTE)
+        assert lookup.hit.kind == "hit-semantic" and lookup.hit.body == b"reset it here"
+        assert lookup.hit.similarity >= ROUTE.semantic.threshold
+        assert lookup.hit.header_value.startswith("hit-semantic; similarity=0.")
+        unrelated = await cache.lookup(kserve("What is the capital of Peru?"), ROUTE)
+        assert unrelated.hit is None and unrelated.reason == "semantic:no-candidate"
+    asyncio.run(scenario())
+
+
+def test_tenants_never_see_each_others_answers(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        await remember(cache, kserve("How do I reset my password?", key="key-a"), b"for a")
+        assert (await cache.lookup(kserve("How do I reset my password?", key="key-b"), ROUTE)).hit is None
+        assert (await cache.lookup(kserve("How can I reset my password?", key="key-b"), ROUTE)).hit is None
+        assert (await cache.lookup(kserve("How do I reset my password?", key="key-a"), ROUTE)).hit.body == b"for a"
+    asyncio.run(scenario())
+
+
+def test_guards_decline_negated_and_renumbered_questions(cache: ResponseCache) -> None:
+    loose = PoolCacheConfig.model_validate({"semantic": {"threshold": 0.75}})
+    async def scenario() -> None:
+        await remember(cache, kserve("Why do people change?"), b"because", loose)
+        negated = await cache.lookup(kserve("Why don't people change?"), loose)
+        assert negated.hit is None and negated.reason == "semantic:guard:negation"
+        await remember(cache, kserve("Should people over 90 be allowed to vote?"), b"90", loose)
+        renumbered = await cache.lookup(kserve("Should people over 98 be allowed to vote?"), loose)
+        assert renumbered.hit is None and renumbered.reason == "semantic:guard:numbers"
+    asyncio.run(scenario())
+
+
+def test_chat_follow_ups_do_not_cross_conversations(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        await remember(cache, chat("Tell me about Paris.", "It is the capital of France.", "How big is it?"), b"105 km2")
+        same = await cache.lookup(chat("Tell me about Paris.", "It is the capital of France.", "How large is it?"), ROUTE)
+        assert same.hit is not None and same.hit.body == b"105 km2"
+        other = await cache.lookup(chat("Tell me about Rome.", "It is the capital of Italy.", "How big is it?"), ROUTE)
+        assert other.hit is None
+    asyncio.run(scenario())
+
+
+def test_client_and_backend_directives(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        assert not await remember(cache, kserve("a", **{"cache-control": "no-store"}), b"x")
+        assert not await remember(cache, kserve("b"), b"x", headers=[("cache-control", "no-store")])
+        assert not await remember(cache, kserve("c"), b"x", headers=[("cache-control", "private")])
+        assert not await remember(cache, kserve("d"), b"error", status=500)
+        assert await remember(cache, kserve("e"), b"x")
+        refresh = await cache.lookup(kserve("e", **{"cache-control": "no-cache"}), ROUTE)
+        assert refresh.hit is None and refresh.reason == "no-cache"
+        for text in "abcd":
+            assert (await cache.lookup(kserve(text), ROUTE)).hit is None
+    asyncio.run(scenario())
+
+
+def test_stale_if_error_serves_expired_entries_for_the_grace_period(cache: ResponseCache, clock: ManualClock) -> None:
+    route = PoolCacheConfig.model_validate({"exact": {"ttl": "10s"}, "stale_if_error": "30s"})
+    async def scenario() -> None:
+        await remember(cache, kserve("q"), b"old", route)
+        clock.advance(15)
+        lookup = await cache.lookup(kserve("q"), route)
+        assert lookup.hit is None
+        stale = await cache.stale(lookup)
+        assert stale.kind == "stale" and stale.body == b"old" and stale.age(clock.now()) == 15
+        clock.advance(30)
+        assert await cache.stale(await cache.lookup(kserve("q"), route)) is None
+    asyncio.run(scenario())
+
+
+def test_purge_and_model_version_change(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        await remember(cache, kserve("one", key="key-a"), b"1")
+        await remember(cache, kserve("two", key="key-b"), b"2")
+        assert await cache.purge(tenant="k:key-a") == 1
+        assert (await cache.lookup(kserve("one", key="key-a"), ROUTE)).hit is None
+        assert (await cache.lookup(kserve("two", key="key-b"), ROUTE)).hit is not None
+        assert await cache.drop_changed_models({("minilm", "minilm"): "1"}, {("minilm", "minilm"): "2"}) == 1
+        assert (await cache.lookup(kserve("two", key="key-b"), ROUTE)).hit is None
+        assert len(cache.semantic.index) == 0
+    asyncio.run(scenario())
+
+
+def test_identical_requests_in_flight_wait_for_the_first(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        leader = await cache.lookup(kserve("slow question"), ROUTE)
+        assert leader.hit is None and leader.ticket is not None
+        followers = [asyncio.create_task(cache.lookup(kserve("slow question"), ROUTE)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in followers)
+        await cache.store(leader, 200, JSON, b"the answer")
+        results = await asyncio.gather(*followers)
+        assert [r.hit.kind for r in results] == ["hit-coalesced"] * 5
+    asyncio.run(scenario())
+
+
+def test_a_failed_leader_hands_over_to_one_follower(cache: ResponseCache) -> None:
+    async def scenario() -> None:
+        leader = await cache.lookup(kserve("flaky"), ROUTE)
+        followers = [asyncio.create_task(cache.lookup(kserve("flaky"), ROUTE)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        cache.release(leader)  # every try upstream failed
+        await asyncio.sleep(0.05)
+        done = [task for task in followers if task.done()]
+        assert len(done) == 1 and done[0].result().ticket is not None  # the new leader
+        await cache.store(done[0].result(), 200, JSON, b"second try")
+        assert {(await task).hit.kind for task in followers if task is not done[0]} == {"hit-coalesced"}
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_embedder_is_a_miss_not_an_error(clock: ManualClock) -> None:
+    route = PoolCacheConfig.model_validate({"semantic": {"embedder": {"pool": "minilm", "timeout": "200ms"}}})
+    url = f"http://127.0.0.1:{free_port()}"
+    cache = ResponseCache(MemoryStore(clock=clock), clock=clock,
+                          pool_embedder=lambda pool, model, timeout: PoolEmbedder(url, model or pool, timeout=timeout))
+    async def scenario() -> None:
+        lookup = await cache.lookup(kserve("anything"), route)
+        assert lookup.hit is None and lookup.reason == "embedder-error"
+        assert await cache.store(lookup, 200, JSON, b"stored all the same")
+        assert (await cache.lookup(kserve("anything"), route)).hit.kind == "hit"
+        await cache.close()
+    asyncio.run(scenario())
