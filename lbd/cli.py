@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     commands.add_parser("schema", help="print the config's JSON Schema (for editor completion)")
+    reload = commands.add_parser("reload", help="apply the config file again, through the admin API")
+    reload.add_argument("-c", "--config", type=Path, default=None,
+                        help="the file lbd serves: its admin.address and admin.token_file say where to ask")
+    reload.add_argument("--admin", default=None, help="the admin API's host:port (default: from the config)")
     hash_key = commands.add_parser("hash-key", help="print the SHA-256 of an API key, for auth.keys[].sha256")
     hash_key.add_argument("key", nargs="?", help="the key (default: read from standard input, out of shell history)")
     commands.add_parser("version", help="print the version")
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check":
         return _check(args.file, args.quiet)
+    if args.command == "reload":
+        return _reload(args.config, args.admin)
     return _serve(args.config)
 
 
@@ -68,6 +74,20 @@ def _check(path: Path, quiet: bool) -> int:
     if not quiet:
         print(f"{path}: syntax is ok\n{path}: test is successful")
     return 0
+
+
+def _reload(path: Path | None, admin: str | None) -> int:
+    from lbd.admin.client import admin_target, read_token, reload
+
+    address, token_file = admin_target(path or DEFAULT_CONFIG_PATH)
+    try:
+        token = read_token(token_file)
+    except OSError as exc:
+        print(f"lbd reload: cannot read the admin token file {token_file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    ok, message = reload(admin or address, token)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _serve(path: Path | None) -> int:

@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from lbd.admin import AdminServer
 from lbd.config import Config, ConfigError, load_config
 from lbd.config.watch import ConfigWatcher
 from lbd.log import setup_logging
@@ -28,6 +29,9 @@ class Daemon:
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
         self.proxy: ProxyServer | None = None
+        self.admin: AdminServer | None = None
+        self.cache = None
+        """The response cache, for the admin API's purge (``lbd.admin.Purger``); None without one."""
         self.fleet = None
         self.reloads = 0
         self.reload_failures = 0
@@ -45,7 +49,10 @@ class Daemon:
         await self._start_workers()
         runtime = Runtime.build(self.config)
         self.proxy = ProxyServer(runtime, loop)
+        self.proxy.metrics.follow_reloads(self)
         await self.proxy.start()
+        if self.config.admin.enabled:
+            self.admin = await self._start_admin()
         await runtime.start_health()  # READY only once every backend was probed
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -65,6 +72,8 @@ class Daemon:
             watchdog.cancel()
         log.info("stopping: draining requests in flight", extra={"grace_s": self.shutdown_grace})
         await self.proxy.shutdown(self.shutdown_grace)
+        if self.admin is not None:
+            await self.admin.stop()
         await self.proxy.runtime.stop_health()
         if self.fleet is not None:
             await self.fleet.stop()
@@ -73,6 +82,16 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _start_admin(self) -> AdminServer | None:
+        admin = AdminServer(self, self.proxy.metrics, cache=lambda: self.cache)  # type: ignore[union-attr]
+        try:
+            await admin.start()  # AdminRefused (off loopback without a token) is fatal
+        except OSError as exc:  # serving traffic matters more than the admin API: go on, loudly
+            log.error("admin listener not started: no metrics, status page or lbd reload",
+                      extra={"address": self.config.admin.address, "error": str(exc)})
+            return None
+        return admin
 
     async def _start_workers(self) -> None:
         if not self.config.workers:

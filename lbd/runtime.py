@@ -88,6 +88,9 @@ class Runtime:
                 context = client_context(tls or UpstreamTLSConfig())
             backend = Backend(spec.display_name, host, port, spec.weight, pool_config.upstream,
                               ssl=context, server_name=tls.server_name if tls else None)
+            # An operator's drain outlives a rebuild of the same backend (a weight change).
+            backend.drained = any(old.drained for key_, old in reuse.items()
+                                  if key_[0] == pool and key_[1] == spec.display_name)
         breaker = backend.breaker
         if not pool_config.breaker.enabled:
             backend.breaker = None

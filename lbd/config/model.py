@@ -7,6 +7,7 @@ into path-named messages with YAML lines by :mod:`lbd.config.loader`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -84,6 +85,23 @@ class AdminConfig(Strict):
     enabled: bool = True
 
     _check_address = field_validator("address")(classmethod(lambda cls, v: _address(v)))
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AdminConfig:
+        host = parse_address(self.address, default_host="127.0.0.1")[0]
+        if self.enabled and self.token_file is None and not _is_loopback(host):
+            raise ValueError(f"address {self.address!r} is reachable from other hosts: set token_file "
+                             "(a bearer token is required off loopback) or bind to 127.0.0.1")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class LogConfig(Strict):

@@ -14,6 +14,7 @@ import time
 
 from lbd.config.model import parse_address
 from lbd.log import AccessLog
+from lbd.metrics import Metrics
 from lbd.proxy.downstream import ClientConnection
 from lbd.proxy.exchange import Exchange
 from lbd.proxy.http import RequestIds, error_response
@@ -38,6 +39,7 @@ class ProxyServer:
         self.per_ip: dict[str, int] = {}
         self.refused_connections = 0
         self.requests = 0
+        self.metrics = Metrics(self)
         self._servers: list[asyncio.AbstractServer] = []
         self._janitor: asyncio.Task | None = None
         self.bound: list[tuple[str, int]] = []
@@ -80,12 +82,13 @@ class ProxyServer:
     # -- per request ---------------------------------------------------------------------
     def observe(self, exchange: Exchange) -> None:
         self.requests += 1
+        duration = time.monotonic() - exchange.started if exchange.started else 0.0
+        self.metrics.observe(exchange, duration)
         if self.access_log.enabled:
             self.access_log.add((
                 exchange.request_id.decode("latin-1"), exchange.client_ip, exchange.method.decode("latin-1"),
                 exchange.path, exchange.status, exchange.pool.name if exchange.pool else None,
-                exchange.served_by or None, exchange.retries + 1 if exchange.tried else 0,
-                time.monotonic() - exchange.started,
+                exchange.served_by or None, exchange.retries + 1 if exchange.tried else 0, duration,
                 None, exchange.tenant,
             ))
 

@@ -96,7 +96,10 @@ async def running(text: str, tmp_path: Path, port: int, *, cache: object = None,
     if not daemon.ready.is_set():
         ready.cancel()
         raise AssertionError(f"the daemon did not start: {task.exception() if task.done() else 'timeout'}")
-    metrics = getattr(daemon.proxy, "metrics", None) or Metrics(daemon.proxy)  # the proxy's own, once wired
+    metrics = getattr(daemon.proxy, "metrics", None)  # the proxy's own, once it has one
+    if metrics is None:
+        metrics = Metrics(daemon.proxy)
+        metrics.follow_reloads(daemon)
     admin = AdminServer(daemon, metrics, cache=lambda: cache)
     await admin.start()
     http = aiohttp.ClientSession(base_url=admin.url, headers=headers)
