@@ -116,21 +116,15 @@ def serve(config: WorkerConfig, *, exit_with_parent: bool = False) -> int:
 
 
 async def _serve(config: WorkerConfig, exit_with_parent: bool) -> int:
-    from aiohttp import web
-
     from lbd_worker.server import WorkerServer
 
     server = WorkerServer(config)
-    app_runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, config.host, config.port, reuse_address=True, backlog=1024)
+    http = server.http_server()
     try:
-        await site.start()
+        host, port = await http.start(config.host, config.port)
     except OSError as error:
         _log.error("cannot listen on %s: %s", config.listen, error.strerror or error)
-        await app_runner.cleanup()
         return 1
-    host, port = app_runner.addresses[0][:2]
     _log.info("listening on http://%s:%d (live; loading %s)", host, port, ", ".join(config.models))
     stop = _stop_event()
     watch = asyncio.create_task(_watch_parent(stop)) if exit_with_parent else None
@@ -138,7 +132,7 @@ async def _serve(config: WorkerConfig, exit_with_parent: bool) -> int:
     if watch is not None:
         watch.cancel()
     await server.drain()
-    await app_runner.cleanup()
+    await http.close()
     _log.info("stopped")
     return status
 

@@ -11,8 +11,9 @@ Two kinds:
   L2-normalized ``sentence_embedding`` as ``embedding``. Requests are bucketed by token count
   so one long sentence does not slow a batch of short ones.
 
-``prepare`` runs on the event loop (validation, tokenization); ``execute`` runs on an executor
-thread and must not touch the loop.
+``prepare`` runs on the event loop (validation) for tensor models; a text model validates there
+(``texts``) and tokenizes on a thread (``tokenize``), many requests in one call. ``execute``
+runs on an executor thread and must not touch the loop.
 """
 
 from __future__ import annotations
@@ -94,13 +95,13 @@ class Model:
             if output.name not in known:
                 raise BadRequest(f"model '{self.name}' has no output '{output.name}'; it has {sorted(known)}")
 
+    tokenizes = False
+    """Whether requests need :meth:`TextEmbeddingModel.tokenize` off the event loop, after
+    :meth:`TextEmbeddingModel.texts` validated them on it; otherwise :meth:`prepare` does all."""
+
     def prepare(self, request: InferRequest) -> Work:
         """Validates ``request`` against the model (raising :class:`BadRequest`) and readies it."""
         raise NotImplementedError
-
-    def prepare_is_heavy(self, request: InferRequest) -> bool:
-        """Whether :meth:`prepare` is worth a thread hop (it must then release the GIL)."""
-        return False
 
     def execute(self, works: Sequence[Work]) -> tuple[list[dict[str, np.ndarray]], ComputeTimes]:
         """Runs ``works`` as one batch; one output dict per work, in order."""
@@ -199,9 +200,6 @@ def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
     return np.zeros(shape, dtype=NUMPY_BY_DATATYPE[spec.datatype])
 
 
-_INLINE_SENTENCES = 4
-
-
 class TextEmbeddingModel(Model):
     """Strings in (``text``, BYTES, ``[n]`` or ``[n, 1]``), normalized embeddings out."""
 
@@ -220,25 +218,38 @@ class TextEmbeddingModel(Model):
                     (TensorSpec("text", "BYTES", (-1,)),),
                     (TensorSpec("embedding", "FP32", (-1, int(dims["sentence_embedding"][-1]))),))
         model.tokenizer = _load_tokenizer(tokenizer_path, config.max_sequence_length)
+        model._encode = getattr(model.tokenizer, "encode_batch_fast", model.tokenizer.encode_batch)
         model._feeds_type_ids = "token_type_ids" in names
         return model
 
+    tokenizes = True
+
     def prepare(self, request: InferRequest) -> Work:
+        return self.tokenize([self.texts(request)])[0]
+
+    def texts(self, request: InferRequest) -> list[str]:
+        """The request's sentences, validated (on the event loop: cheap, no tokenizing)."""
         self.check_outputs(request)
         tensor = _single_text_input(self.name, request.inputs)
-        rows = _check_rows(tensor.shape[0], self.config.max_batch_size, "text")
+        _check_rows(tensor.shape[0], self.config.max_batch_size, "text")
         try:
-            texts = [element.decode() for element in tensor.array.reshape(-1)]
+            return [element if isinstance(element, str) else element.decode()
+                    for element in tensor.array.reshape(-1)]
         except UnicodeDecodeError:
             raise BadRequest("input 'text': every element must be UTF-8 text") from None
-        ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in self.tokenizer.encode_batch(texts)]
-        return Work(rows, ids, self._bucket(max(len(row) for row in ids)))
 
-    def prepare_is_heavy(self, request: InferRequest) -> bool:
-        # tokenizers releases the GIL in encode_batch: many sentences (~35 us each) are
-        # tokenized on a thread so the event loop keeps serving; one or a few stay inline,
-        # where the hop would cost more than it saves.
-        return sum(tensor.array.size for tensor in request.inputs) > _INLINE_SENTENCES
+    def tokenize(self, requests: Sequence[list[str]]) -> list[Work]:
+        """One :class:`Work` per request, every sentence of them tokenized in one call, which
+        releases the GIL and spreads over the cores: run it on a thread, for whatever requests
+        arrived meanwhile (``encode_batch_fast`` skips the character offsets, unused here)."""
+        flat = [text for texts in requests for text in texts]
+        ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in self._encode(flat)]
+        works, start = [], 0
+        for texts in requests:
+            rows = ids[start:start + len(texts)]
+            start += len(texts)
+            works.append(Work(len(rows), rows, self._bucket(max(len(row) for row in rows))))
+        return works
 
     def _bucket(self, tokens: int) -> int:
         for bound in self.config.length_buckets:

@@ -70,12 +70,47 @@ def _cuda_problem(index: int) -> str | None:
     try:
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
+        _set_cuda_sync(index, os.environ.get("LBD_WORKER_CUDA_SYNC", "auto"))
         probe = _probe_session(index)
     except Exception as error:  # noqa: BLE001 - any failure means "no CUDA here", with its reason
         return f"the CUDA provider failed to start: {error}"
     if probe.get_providers()[0] != _CUDA:
         return "the CUDA provider did not initialise (CUDA/cuDNN libraries or driver missing?)"
     return None
+
+
+_SCHEDULE_FLAGS = {"auto": 0x0, "spin": 0x1, "yield": 0x2, "block": 0x4}  # CU_CTX_SCHED_*
+
+
+def _set_cuda_sync(index: int, mode: str) -> None:
+    """How a thread waits for the GPU in ``session.run`` (its final stream synchronization),
+    from ``LBD_WORKER_CUDA_SYNC``: ``auto`` (the default: CUDA's own choice, which spins on a
+    host with more cores than GPUs), ``spin``, ``yield`` or ``block`` (the thread sleeps until
+    the GPU is done: less CPU per worker, some microseconds more per execution; on the H100
+    host of bench/worker/RESULTS.md it changed throughput within the noise with 8 workers and
+    cost 13% with one). Set on the device's primary context, the one ONNX Runtime uses, before
+    the first session creates it.
+    """
+    if mode == "auto":
+        return
+    flags = _SCHEDULE_FLAGS.get(mode)
+    if flags is None:
+        _log.warning("LBD_WORKER_CUDA_SYNC=%s is none of %s; leaving CUDA's default", mode, sorted(_SCHEDULE_FLAGS))
+        return
+    try:
+        import ctypes
+
+        driver = ctypes.CDLL("libcuda.so.1")
+        device = ctypes.c_int()
+        if driver.cuInit(0) or driver.cuDeviceGet(ctypes.byref(device), index):
+            raise OSError("cuInit/cuDeviceGet failed")
+        status = driver.cuDevicePrimaryCtxSetFlags(device, flags)
+        if status:
+            raise OSError(f"cuDevicePrimaryCtxSetFlags returned {status}")
+    except OSError as error:
+        _log.warning("could not set CUDA synchronization to %s: %s", mode, error)
+    else:
+        _log.info("CUDA synchronization on GPU %d: %s (LBD_WORKER_CUDA_SYNC)", index, mode)
 
 
 def _probe_session(index: int) -> ort.InferenceSession:

@@ -1,9 +1,10 @@
-"""The KServe v2 REST endpoints on aiohttp.
+"""The KServe v2 REST endpoints, served by :mod:`lbd_worker.fasthttp`.
 
 ``/v2/health/live`` answers as soon as the socket is open; ``/v2/health/ready`` only once every
 model is loaded and warmed up, and no longer once draining began. Every response carries the
 worker's load: :data:`QUEUE_DEPTH_HEADER` (requests waiting in batch queues) and
 :data:`INFLIGHT_HEADER` (inference requests received and not yet answered, queued included).
+Errors are ``{"error": ...}`` with the status of :mod:`lbd_worker.protocol.errors`.
 """
 
 from __future__ import annotations
@@ -11,55 +12,60 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
 
 from lbd.clock import MONOTONIC, Clock
 from lbd_worker import __version__
 from lbd_worker.batching import DynamicBatcher
 from lbd_worker.config import WorkerConfig
+from lbd_worker.fasthttp import Exchange, HttpServer, Limits
+from lbd_worker.inference import InferCall, Tokenizing, error_headers, failure_reason, header_length, scheduling
 from lbd_worker.metrics import CONTENT_TYPE, WorkerMetrics
 from lbd_worker.models import Model, load_model
-from lbd_worker.protocol import (
-    HEADER_LENGTH, BadRequest, ExecutionFailed, InferenceError, NotFound, Unavailable, decode_request, encode_response,
-)
+from lbd_worker.protocol import BadRequest, InferenceError, NotFound, Unavailable, decode_request
 from lbd_worker.runner import resolve_device
 
 __all__ = ["QUEUE_DEPTH_HEADER", "INFLIGHT_HEADER", "WorkerServer"]
 
 QUEUE_DEPTH_HEADER = "x-lbd-queue-depth"
 INFLIGHT_HEADER = "x-lbd-inflight"
+_LOAD_HEADERS = f"{QUEUE_DEPTH_HEADER}: %d\r\n{INFLIGHT_HEADER}: %d\r\n".encode()
 _EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+_MODELS = "/v2/models/"
 _log = logging.getLogger("lbd_worker.server")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(document: Any, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json",
-                        headers=headers)
+class _MethodNotAllowed(InferenceError):
+    status = 405
 
-
-def _error(error: InferenceError) -> web.Response:
-    headers = {"Retry-After": "1"} if error.status == 503 else None
-    return _json({"error": error.message}, error.status, headers)
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 class WorkerServer:
-    """One worker: its models, their batchers, and the aiohttp application."""
+    """One worker: its models, their batchers, and the HTTP handler that serves them."""
 
     def __init__(self, config: WorkerConfig, *, clock: Clock = MONOTONIC) -> None:
         self.config = config
         self.models: dict[str, Model] = {}
         self.batchers: dict[str, DynamicBatcher] = {}
+        self.tokenizing: dict[str, Tokenizing] = {}
         self.inflight = 0
         self.draining = False
         self.loaded = asyncio.Event()
-        self._clock = clock
-        self._prepare_pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
+        self.clock = clock
+        self._prepare_pool = ThreadPoolExecutor(2, thread_name_prefix="tokenize")
         self.metrics = WorkerMetrics(pending=lambda name: self.batchers[name].depth, inflight=lambda: self.inflight)
+        self.request_rows: dict[str, Any] = {}
+        self._routes = {"/v2/health/live": ("GET", self._live), "/v2/health/ready": ("GET", self._ready),
+                        "/v2": ("GET", self._server_metadata), "/metrics": ("GET", self._metrics),
+                        "/v2/repository/index": ("POST", self._repository_index)}
+        self._model_routes = {"": ("GET", self._model_metadata), "ready": ("GET", self._model_ready),
+                              "config": ("GET", self._model_config), "infer": ("POST", self._infer)}
 
     @property
     def ready(self) -> bool:
@@ -69,16 +75,22 @@ class WorkerServer:
     def queue_depth(self) -> int:
         return sum(batcher.depth for batcher in self.batchers.values())
 
+    def http_server(self) -> HttpServer:
+        return HttpServer(self, Limits(max_body_size=self.config.max_request_size))
+
     async def load(self) -> None:
         """Resolves the device, loads, starts and warms up every model, then reports ready."""
         loop = asyncio.get_running_loop()
         device = await loop.run_in_executor(None, resolve_device, self.config.device)
         for name, model_config in self.config.models.items():
             model = await loop.run_in_executor(None, load_model, name, model_config, self.config, device)
-            batcher = DynamicBatcher(model, self.metrics, clock=self._clock)
+            batcher = DynamicBatcher(model, self.metrics, clock=self.clock)
             if self.config.warmup:
                 await batcher.run_warmup()
             self.metrics.stats(model.name, model.version)
+            self.request_rows[name] = self.metrics.request_rows.labels(model.name, model.version)
+            if model.tokenizes:
+                self.tokenizing[name] = Tokenizing(model, self._prepare_pool)  # type: ignore[arg-type]
             batcher.start()
             model.ready = True
             self.models[name], self.batchers[name] = model, batcher
@@ -89,12 +101,12 @@ class WorkerServer:
         """Stops readiness and new inferences, then lets the requests already admitted finish:
         queued ones go without waiting for their batch to fill."""
         self.draining = True
-        deadline = self._clock.now() + self.config.drain_timeout
+        deadline = self.clock.now() + self.config.drain_timeout
         for batcher in self.batchers.values():
             batcher.hurry()
-        while self.inflight and self._clock.now() < deadline:  # some may still be in prepare()
+        while self.inflight and self.clock.now() < deadline:  # some may still be tokenizing
             await asyncio.sleep(0.005)
-        remaining = max(0.0, deadline - self._clock.now())
+        remaining = max(0.0, deadline - self.clock.now())
         results = await asyncio.gather(*(b.drain(remaining) for b in self.batchers.values()))
         if self.inflight or not all(results):
             _log.warning("drain timeout (%.1fs) passed with requests unfinished", self.config.drain_timeout)
@@ -102,43 +114,35 @@ class WorkerServer:
             await batcher.close()
         self._prepare_pool.shutdown(wait=False)
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_request_size, middlewares=[self._errors])
-        app.on_response_prepare.append(self._load_headers)
-        get, post = web.get, web.post
-        app.add_routes([
-            get("/v2/health/live", self._live), get("/v2/health/ready", self._ready),
-            get("/v2", self._server_metadata), get("/metrics", self._metrics),
-            post("/v2/repository/index", self._repository_index),
-            get("/v2/models/{model}", self._model_metadata),
-            get("/v2/models/{model}/versions/{version}", self._model_metadata),
-            get("/v2/models/{model}/ready", self._model_ready),
-            get("/v2/models/{model}/versions/{version}/ready", self._model_ready),
-            get("/v2/models/{model}/config", self._model_config),
-            get("/v2/models/{model}/versions/{version}/config", self._model_config),
-            post("/v2/models/{model}/infer", self._infer),
-            post("/v2/models/{model}/versions/{version}/infer", self._infer),
-        ])
-        return app
+    # -- HTTP ------------------------------------------------------------------------------
+    def common_headers(self) -> bytes:
+        return _LOAD_HEADERS % (self.queue_depth, self.inflight)
 
-    async def _load_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers[QUEUE_DEPTH_HEADER] = str(self.queue_depth)
-        response.headers[INFLIGHT_HEADER] = str(self.inflight)
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Every error as ``{"error": ...}`` JSON, aiohttp's own (404, 405, 413) included."""
+    def handle(self, exchange: Exchange) -> None:
+        request = exchange.request
+        path = request.path
         try:
-            return await handler(request)
+            if path.startswith(_MODELS):
+                parts = path[len(_MODELS):].split("/")
+                if "%" in path:
+                    parts = [unquote(part) for part in parts]
+                name, version, action = _model_path(parts, path)
+                method, handler = self._model_routes[action]
+                _check_method(request.method, method, path)
+                handler(exchange, name, version)
+            else:
+                route = self._routes.get(path)
+                if route is None:
+                    raise NotFound(f"no route for {path!r}; see /v2 and /v2/models/{{model}}")
+                _check_method(request.method, route[0], path)
+                route[1](exchange)
         except InferenceError as error:
-            return _error(error)
-        except web.HTTPException as error:
-            if error.status < 400:
-                raise
-            return _json({"error": error.reason if error.text is None else error.text.strip()}, error.status)
+            headers = error_headers(error)
+            if isinstance(error, _MethodNotAllowed):
+                headers = b"Allow: %s\r\n" % error.allow.encode()
+            exchange.respond_error(error.status, error.message, headers)
 
-    def _model(self, request: web.Request) -> Model:
-        name, version = request.match_info["model"], request.match_info.get("version")
+    def _model(self, name: str, version: str | None) -> Model:
         model = self.models.get(name)
         if model is None:
             if name in self.config.models:
@@ -148,96 +152,70 @@ class WorkerServer:
             raise NotFound(f"model '{name}' has no version '{version}'; it has version {model.version}")
         return model
 
-    async def _live(self, request: web.Request) -> web.Response:
-        return _json({"live": True})
+    def _live(self, exchange: Exchange) -> None:
+        exchange.respond(200, b'{"live":true}')
 
-    async def _ready(self, request: web.Request) -> web.Response:
-        return _json({"ready": self.ready}, 200 if self.ready else 503)
+    def _ready(self, exchange: Exchange) -> None:
+        ready = self.ready
+        exchange.respond(200 if ready else 503, b'{"ready":true}' if ready else b'{"ready":false}')
 
-    async def _server_metadata(self, request: web.Request) -> web.Response:
-        return _json({"name": "lbd-worker", "version": __version__, "extensions": _EXTENSIONS})
+    def _server_metadata(self, exchange: Exchange) -> None:
+        _json(exchange, {"name": "lbd-worker", "version": __version__, "extensions": _EXTENSIONS})
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    def _metrics(self, exchange: Exchange) -> None:
+        exchange.respond(200, self.metrics.render(), CONTENT_TYPE.encode())
 
-    async def _repository_index(self, request: web.Request) -> web.Response:
-        return _json([{"name": name, "version": str(config.version),
-                       "state": "READY" if name in self.models and not self.draining else "UNAVAILABLE"}
-                      for name, config in self.config.models.items()])
+    def _repository_index(self, exchange: Exchange) -> None:
+        _json(exchange, [{"name": name, "version": str(config.version),
+                          "state": "READY" if name in self.models and not self.draining else "UNAVAILABLE"}
+                         for name, config in self.config.models.items()])
 
-    async def _model_metadata(self, request: web.Request) -> web.Response:
-        return _json(self._model(request).metadata())
+    def _model_metadata(self, exchange: Exchange, name: str, version: str | None) -> None:
+        _json(exchange, self._model(name, version).metadata())
 
-    async def _model_ready(self, request: web.Request) -> web.Response:
-        model = self._model(request)
+    def _model_ready(self, exchange: Exchange, name: str, version: str | None) -> None:
+        model = self._model(name, version)
         ready = model.ready and not self.draining
-        return _json({"name": model.name, "ready": ready}, 200 if ready else 503)
+        _json(exchange, {"name": model.name, "ready": ready}, 200 if ready else 503)
 
-    async def _model_config(self, request: web.Request) -> web.Response:
-        return _json(_triton_config(self._model(request)))
+    def _model_config(self, exchange: Exchange, name: str, version: str | None) -> None:
+        _json(exchange, _triton_config(self._model(name, version)))
 
-    async def _infer(self, request: web.Request) -> web.Response:
-        model = self._model(request)
+    def _infer(self, exchange: Exchange, name: str, version: str | None) -> None:
+        model = self._model(name, version)
         if self.draining:
             raise Unavailable("the worker is shutting down")
-        started = self._clock.now()
-        self.inflight += 1
-        stats = self.metrics.stats(model.name, model.version)
+        call = InferCall(self, exchange, model, self.metrics.stats(model.name, model.version))
         try:
-            response = await self._run_inference(request, model)
+            request = exchange.request
+            inference = call.inference = decode_request(request.body, header_length(request.headers))
+            call.priority, call.timeout = scheduling(inference.parameters)
+            if model.tokenizes:
+                self.tokenizing[model.name].add(call, model.texts(inference))  # type: ignore[attr-defined]
+            else:
+                call.submit(model.prepare(inference))
         except InferenceError as error:
-            stats.failures[_failure_reason(error)] += 1
-            raise
-        except asyncio.CancelledError:
-            stats.failures["CANCELED"] += 1
-            raise
-        finally:
-            self.inflight -= 1
-        stats.request_success += 1
-        stats.request_duration_us += (self._clock.now() - started) * 1e6
-        return response
-
-    async def _run_inference(self, request: web.Request, model: Model) -> web.Response:
-        inference = decode_request(await request.read(), _header_length(request))
-        if model.prepare_is_heavy(inference):
-            loop = asyncio.get_running_loop()
-            work = await loop.run_in_executor(self._prepare_pool, model.prepare, inference)
-        else:
-            work = model.prepare(inference)
-        self.metrics.request_rows.labels(model.name, model.version).observe(work.rows)
-        priority, timeout = _scheduling(inference.parameters)
-        result = await self.batchers[model.name].submit(work, priority=priority, timeout=timeout)
-        names = [output.name for output in inference.outputs] or [spec.name for spec in model.outputs]
-        encoded = encode_response(model.name, model.version, inference,
-                                  [(name, result.outputs[name]) for name in names])
-        headers = {HEADER_LENGTH: str(encoded.header_length)} if encoded.header_length is not None else None
-        return web.Response(body=encoded.body, headers=headers, content_type=encoded.content_type)
+            call.set_exception(error)
 
 
-def _failure_reason(error: InferenceError) -> str:
-    """Triton's ``reason`` label for a failed request."""
-    if isinstance(error, Unavailable):
-        return "REJECTED"
-    return "BACKEND" if isinstance(error, ExecutionFailed) else "OTHER"
+def _json(exchange: Exchange, document: Any, status: int = 200) -> None:
+    exchange.respond(status, orjson.dumps(document))
 
 
-def _header_length(request: web.Request) -> int | None:
-    value = request.headers.get(HEADER_LENGTH)
-    if value is None:
-        return None
-    if not value.strip().isdigit():
-        raise BadRequest(f"{HEADER_LENGTH} must be a byte count, not {value!r}")
-    return int(value)
+def _model_path(parts: list[str], path: str) -> tuple[str, str | None, str]:
+    """``(model, version, action)`` of ``/v2/models/{m}[/versions/{v}][/ready|config|infer]``."""
+    name, rest, version = parts[0], parts[1:], None
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    if not name or version == "" or len(rest) > 1 or (rest and rest[0] not in ("ready", "config", "infer")):
+        raise NotFound(f"no route for {path!r}")
+    return name, version, rest[0] if rest else ""
 
 
-def _scheduling(parameters: dict) -> tuple[int, float | None]:
-    """``priority`` (1 = high) and ``timeout`` (microseconds, as Triton) from request parameters."""
-    priority, timeout = parameters.get("priority", 0), parameters.get("timeout")
-    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
-        raise BadRequest(f"parameter 'priority' must be a non-negative integer, not {priority!r}")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
-        raise BadRequest(f"parameter 'timeout' must be microseconds as a non-negative integer, not {timeout!r}")
-    return priority, None if not timeout else timeout / 1e6
+def _check_method(method: str, allowed: str, path: str) -> None:
+    if method == allowed or (method == "HEAD" and allowed == "GET"):
+        return
+    raise _MethodNotAllowed(f"method {method} is not allowed on {path}; use {allowed}", allowed)
 
 
 def _describe(model: Model) -> str:

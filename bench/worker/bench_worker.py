@@ -40,19 +40,36 @@ def sentence(index: int, tokens: int) -> str:
     return " ".join(WORDS[(index + i) % len(WORDS)] for i in range(tokens - 2))
 
 
-def request_body(index: int, sentences: int, tokens: int) -> bytes:
+def request_body(index: int, sentences: int, tokens: int, body: str = "mixed") -> tuple[bytes, dict]:
     texts = [sentence(index + k, tokens) for k in range(sentences)]
-    return json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [sentences], "data": texts}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    return encode_body("text", "BYTES", [sentences], texts, body)
+
+
+def encode_body(name: str, datatype: str, shape: list[int], data: list, body: str) -> tuple[bytes, dict]:
+    """A KServe v2 request and its headers. ``mixed``: JSON input, binary outputs (the default
+    here); ``binary``: binary input and outputs (tritonclient's default); ``json``: JSON both ways."""
+    tensor = {"name": name, "datatype": datatype, "shape": shape}
+    if body != "binary":
+        document = {"inputs": [tensor | {"data": data}]}
+        if body == "mixed":
+            document["parameters"] = {"binary_data_output": True}
+        return json.dumps(document).encode(), {}
+    if datatype == "BYTES":
+        blob = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in data)
+    else:
+        blob = np.asarray(data, dtype=np.float32).tobytes()
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + blob, {"Inference-Header-Content-Length": str(len(header)),
+                           "Content-Type": "application/octet-stream"}
 
 
 # --- workers -------------------------------------------------------------------------------
 
-def classifier_body(index: int) -> bytes:
+def classifier_body(index: int, body: str = "mixed") -> tuple[bytes, dict]:
     """One row of the built-in classifier: measures the worker's own per-request cost."""
     features = [((index * 7 + k) % 13) / 13.0 for k in range(8)]
-    return json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8], "data": features}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    return encode_body("features", "FP32", [1, 8], features, body)
 
 
 def start_workers(count: int, models: dict, device: str, threads: int, log_dir: Path) -> list[tuple]:
@@ -97,7 +114,7 @@ def scrape(ports: list[int], series: str, model: str) -> float:
 
 # --- load generator ------------------------------------------------------------------------
 
-async def _load(ports: list[int], concurrency: int, duration: float, bodies: list[bytes], warmup: float,
+async def _load(ports: list[int], concurrency: int, duration: float, bodies: list[tuple[bytes, dict]], warmup: float,
                 model: str):
     import aiohttp
 
@@ -116,7 +133,8 @@ async def _load(ports: list[int], concurrency: int, duration: float, bodies: lis
                 sent = time.perf_counter()
                 if sent >= stop_at:
                     return
-                async with session.post(urls[count % len(urls)], data=bodies[count % len(bodies)]) as response:
+                data, headers = bodies[count % len(bodies)]
+                async with session.post(urls[count % len(urls)], data=data, headers=headers) as response:
                     await response.read()
                     ok = response.status == 200
                 done = time.perf_counter()
@@ -132,19 +150,43 @@ async def _load(ports: list[int], concurrency: int, duration: float, bodies: lis
 
 
 def _client_process(args: tuple) -> tuple[list[float], int]:
+    *job, client = args
+    if client == "raw":
+        sys.path.insert(0, str(HERE))
+        from loadgen import run_load
+        load = run_load(*job)
+    else:
+        load = _load(*job)
     try:
         import uvloop
-        return uvloop.run(_load(*args))
+        return uvloop.run(load)
     except ImportError:
-        return asyncio.run(_load(*args))
+        return asyncio.run(load)
 
 
-def run_point(ports, concurrency, clients, duration, bodies, warmup, model) -> dict:
+def cpu_seconds(pids: list[int], loop_only: bool = False) -> float:
+    """User + system CPU time the worker processes used so far: all their threads, or with
+    ``loop_only`` their main thread alone (the event loop: HTTP, codec, batching)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        path = f"/proc/{pid}/task/{pid}/stat" if loop_only else f"/proc/{pid}/stat"
+        try:
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def run_point(ports, concurrency, clients, duration, bodies, warmup, model, pids=(), client="aiohttp") -> dict:
     clients = max(1, min(clients, concurrency))
     shares = [concurrency // clients + (1 if i < concurrency % clients else 0) for i in range(clients)]
     executions_before = scrape(ports, "nv_inference_exec_count", model)
     inferences_before = scrape(ports, "nv_inference_count", model)
-    jobs = [(ports, share, duration, bodies, warmup, model) for share in shares]
+    requests_before = scrape(ports, "nv_inference_request_success", model)
+    cpu_before, loop_before = cpu_seconds(list(pids)), cpu_seconds(list(pids), loop_only=True)
+    jobs = [(ports, share, duration, bodies, warmup, model, client) for share in shares]
     if clients == 1:
         results = [_client_process(jobs[0])]
     else:
@@ -153,11 +195,17 @@ def run_point(ports, concurrency, clients, duration, bodies, warmup, model) -> d
     latencies = np.array([value for result in results for value in result[0]])
     executions = scrape(ports, "nv_inference_exec_count", model) - executions_before
     inferences = scrape(ports, "nv_inference_count", model) - inferences_before
+    served = scrape(ports, "nv_inference_request_success", model) - requests_before
+    cpu = cpu_seconds(list(pids)) - cpu_before
+    loop_cpu = cpu_seconds(list(pids), loop_only=True) - loop_before
     return {"concurrency": concurrency, "requests": int(latencies.size), "errors": sum(r[1] for r in results),
             "rps": latencies.size / duration,
             "p50_ms": float(np.percentile(latencies, 50) * 1e3) if latencies.size else None,
             "p99_ms": float(np.percentile(latencies, 99) * 1e3) if latencies.size else None,
-            "mean_batch": inferences / executions if executions else None}
+            "mean_batch": inferences / executions if executions else None,
+            # the workers' CPU (all their threads: HTTP, codec, tokenizer, ONNX Runtime) per request
+            "worker_cpu_us": cpu / served * 1e6 if served and cpu == cpu else None,
+            "loop_cpu_us": loop_cpu / served * 1e6 if served and loop_cpu == loop_cpu else None}
 
 
 # --- in-process ceiling --------------------------------------------------------------------
@@ -187,13 +235,14 @@ def ceiling(model_path: Path, device: str, tokens: int, batch_sizes: list[int], 
 
 # --- main ----------------------------------------------------------------------------------
 
-def model_files(synthetic: bool, model_dir: Path) -> tuple[dict, Path]:
+def model_files(synthetic: bool, model_dir: Path, layers: int | None = None) -> tuple[dict, Path]:
     """The worker's ``models.minilm`` source settings and the ONNX path (for the ceiling)."""
-    if synthetic:
+    if synthetic or layers is not None:
         sys.path.insert(0, str(HERE))
-        from synthetic_minilm import build_synthetic
+        from synthetic_minilm import CONFIG, build_synthetic
 
-        onnx_path, tokenizer = build_synthetic(model_dir / "synthetic-minilm")
+        layers = CONFIG["num_hidden_layers"] if layers is None else layers
+        onnx_path, tokenizer = build_synthetic(model_dir / f"synthetic-minilm-{layers}l", layers=layers)
         return {"source": str(onnx_path), "tokenizer": str(tokenizer)}, onnx_path
     from lbd_worker.build import ensure_builtin
 
@@ -204,7 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=1, help="load-generating processes")
+    parser.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
+                        help="aiohttp's client, or loadgen.py's lean one (several times less CPU per request)")
     parser.add_argument("--threads", type=int, default=0, help="intra_op_threads per worker (0: ORT's choice)")
     parser.add_argument("--concurrency", default="1,8,64,256")
     parser.add_argument("--modes", default="on,off", help="dynamic batching on and/or off")
@@ -216,11 +267,16 @@ def main() -> None:
     parser.add_argument("--max-queue-delay", default="0ms")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--null-model", action="store_true",
+                        help="a MiniLM-shaped text model of embeddings and pooling only (no layers): the "
+                             "worker's own cost per text request, without the encoder's compute")
     parser.add_argument("--onnx", type=Path, help="serve this ONNX text model (with --tokenizer) instead")
     parser.add_argument("--tokenizer", type=Path)
     parser.add_argument("--fp16", action="store_true", help="built-in minilm: its float16 variant")
     parser.add_argument("--classifier", action="store_true",
                         help="serve the tiny classifier instead: the worker's per-request overhead alone")
+    parser.add_argument("--body", choices=("mixed", "binary", "json"), default="mixed",
+                        help="mixed: JSON inputs, binary outputs; binary: tritonclient's default; json: JSON only")
     parser.add_argument("--ceiling", default="", help="batch sizes for the in-process ceiling, e.g. 1,32,128")
     parser.add_argument("--ceiling-only", action="store_true")
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -233,7 +289,7 @@ def main() -> None:
     elif args.onnx:
         source, onnx_path = {"source": str(args.onnx), "tokenizer": str(args.tokenizer)}, args.onnx
     else:
-        source, onnx_path = model_files(args.synthetic, model_dir)
+        source, onnx_path = model_files(args.synthetic, model_dir, 0 if args.null_model else None)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": _machine(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "args": {k: str(v) for k, v in vars(args).items()},
               "ceiling": [], "http": []}
@@ -245,8 +301,8 @@ def main() -> None:
                   flush=True)
     if not args.ceiling_only:
         name = "classifier" if args.classifier else "minilm"
-        bodies = [classifier_body(i) if args.classifier else request_body(i, args.sentences, args.tokens)
-                  for i in range(64)]
+        bodies = [classifier_body(i, args.body) if args.classifier
+                  else request_body(i, args.sentences, args.tokens, args.body) for i in range(64)]
         for mode in args.modes.split(","):
             model = source | {"max_batch_size": args.max_batch_size, "dynamic_batching": mode == "on",
                               "max_queue_delay": args.max_queue_delay, "instances": args.instances,
@@ -260,7 +316,8 @@ def main() -> None:
                 try:
                     for concurrency in (int(c) for c in args.concurrency.split(",")):
                         row = {"batching": mode} | run_point([w[2] for w in workers], concurrency, args.clients,
-                                                             args.duration, bodies, args.warmup, name)
+                                                             args.duration, bodies, args.warmup, name,
+                                                             [w[0].pid for w in workers], args.client)
                         row["seq_per_s"] = row["rps"] * args.sentences
                         report["http"].append(row)
                         print(_format(row), flush=True)
@@ -277,7 +334,9 @@ def _format(row: dict) -> str:
 
     return (f"batching {row['batching']:3s} c={row['concurrency']:4d}: {row['rps']:8.1f} req/s "
             f"{row['seq_per_s']:9.1f} seq/s  p50 {number(row['p50_ms']):>8} ms  p99 {number(row['p99_ms']):>8} ms  "
-            f"mean batch {number(row['mean_batch'], 1)}  errors {row['errors']}")
+            f"mean batch {number(row['mean_batch'], 1)}  cpu/req {number(row.get('worker_cpu_us'), 0)} us "
+            f"(loop {number(row.get('loop_cpu_us'), 0)})  "
+            f"errors {row['errors']}")
 
 
 def _machine() -> str:

@@ -20,7 +20,7 @@ CONFIG = {"hidden_size": 384, "num_attention_heads": 12, "num_hidden_layers": 6,
           "hidden_act": "gelu"}
 
 
-def synthetic_weights(seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_weights(seed: int = 0, layers: int = CONFIG["num_hidden_layers"]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     hidden, inner = CONFIG["hidden_size"], CONFIG["intermediate_size"]
 
@@ -32,7 +32,7 @@ def synthetic_weights(seed: int = 0) -> dict[str, np.ndarray]:
                "embeddings.token_type_embeddings.weight": normal(2, hidden),
                "embeddings.LayerNorm.weight": np.ones(hidden, np.float32),
                "embeddings.LayerNorm.bias": np.zeros(hidden, np.float32)}
-    for layer in range(CONFIG["num_hidden_layers"]):
+    for layer in range(layers):
         prefix = f"encoder.layer.{layer}"
         for name, (rows, cols) in {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
                                    "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
@@ -53,13 +53,16 @@ def _tokenizer() -> Path:
     return minilm_package_dir() / "tokenizer.json"
 
 
-def build_synthetic(folder: Path, fp16: bool = False) -> tuple[Path, Path]:
-    """``(model.onnx, tokenizer.json)`` in ``folder``, built once."""
+def build_synthetic(folder: Path, fp16: bool = False, layers: int = CONFIG["num_hidden_layers"]) -> tuple[Path, Path]:
+    """``(model.onnx, tokenizer.json)`` in ``folder``, built once. ``layers=0`` gives a graph of
+    embeddings and pooling alone: the same tensors in and out at almost no compute, so a
+    benchmark measures the worker's own cost per request (HTTP, codec, tokenizer, batcher)."""
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / ("model-fp16.onnx" if fp16 else "model.onnx")
     tokenizer = folder / "tokenizer.json"
     if not onnx_path.exists():
-        onnx.save(build_bert(synthetic_weights(), CONFIG, fp16=fp16), onnx_path)
+        config = CONFIG | {"num_hidden_layers": layers}
+        onnx.save(build_bert(synthetic_weights(layers=layers), config, fp16=fp16), onnx_path)
     if not tokenizer.exists():
         shutil.copyfile(_tokenizer(), tokenizer)
     return onnx_path, tokenizer

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from lbd_worker.metrics import ModelStats, WorkerMetrics
 from lbd_worker.models import ComputeTimes, Model, Work
 from lbd_worker.protocol import ExecutionFailed, QueueFull, QueueTimeout, Unavailable
 
-__all__ = ["DynamicBatcher", "Result"]
+__all__ = ["DynamicBatcher", "Result", "Waiter"]
 
 _log = logging.getLogger("lbd_worker.batcher")
 
@@ -32,6 +33,17 @@ _log = logging.getLogger("lbd_worker.batcher")
 class Result:
     outputs: dict[str, np.ndarray]
     queue_seconds: float
+
+
+class Waiter(Protocol):
+    """What a queued request is resolved through: an :class:`asyncio.Future`, or the server's
+    own lighter object that answers the HTTP request directly from :meth:`set_result`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, error: BaseException) -> None: ...
 
 
 class DynamicBatcher:
@@ -74,22 +86,34 @@ class DynamicBatcher:
         allows it. Raises :class:`QueueFull`, :class:`QueueTimeout`, :class:`Unavailable`
         (draining) or :class:`ExecutionFailed`.
         """
-        if not self._accepting:
-            raise Unavailable(f"model '{self.model.name}' is shutting down")
-        if self._queue.full:
-            raise QueueFull(f"model '{self.model.name}': queue full ({self._queue.max_size} requests waiting)")
-        now = self._clock.now()
         waiter = asyncio.get_running_loop().create_future()
-        limit = self._queue_timeout(timeout)
-        entry = Entry(work.rows, work.bucket, priority_level(priority), now,
-                      None if limit is None else now + limit, work, waiter)
-        self._queue.push(entry)
-        self._wake()
+        entry = self.enqueue(work, waiter, priority=priority, timeout=timeout)
         try:
             return await waiter
         except asyncio.CancelledError:
             self._queue.discard(entry)
             raise
+
+    def enqueue(self, work: Work, waiter: Waiter, *, priority: int = 0, timeout: float | None = None) -> Entry:
+        """Queues ``work`` without a coroutine: the batcher later calls, on the loop, either
+        ``waiter.set_result(Result)`` or ``waiter.set_exception(error)`` (once, and not when
+        ``waiter.done()``). Raises :class:`QueueFull` or :class:`Unavailable` at once.
+        :meth:`discard` takes the entry back out while it waits."""
+        if not self._accepting:
+            raise Unavailable(f"model '{self.model.name}' is shutting down")
+        if self._queue.full:
+            raise QueueFull(f"model '{self.model.name}': queue full ({self._queue.max_size} requests waiting)")
+        now = self._clock.now()
+        limit = self._queue_timeout(timeout)
+        entry = Entry(work.rows, work.bucket, priority_level(priority), now,
+                      None if limit is None else now + limit, work, waiter)
+        self._queue.push(entry)
+        self._wake()
+        return entry
+
+    def discard(self, entry: Entry) -> bool:
+        """Removes a waiting entry whose client went away; ``False`` once it left the queue."""
+        return self._queue.discard(entry)
 
     def _queue_timeout(self, requested: float | None) -> float | None:
         config = self.model.config
@@ -176,17 +200,26 @@ class DynamicBatcher:
             outputs, times = await loop.run_in_executor(
                 self._executor, self.model.execute, [entry.work for entry in entries])
         except Exception as error:  # noqa: BLE001 - every request of the batch learns why
+            self._release()
             _log.error("model %s: execution of a batch of %d failed: %s", self.model.name, len(entries), error)
             for entry in entries:
                 _fail(entry, ExecutionFailed(f"model '{self.model.name}': execution failed: {error}"))
-        else:
-            self._record(entries, started, times)
-            for entry, output in zip(entries, outputs):
-                if not entry.waiter.done():
-                    entry.waiter.set_result(Result(output, started - entry.enqueued_at))
-        finally:
-            self._free_instances += 1
-            self._wake()
+            return
+        except BaseException:
+            self._release()
+            raise
+        # The next batch goes to the free instance before this one's answers are written, so
+        # the device does not idle while the loop encodes and sends them.
+        self._release()
+        self._record(entries, started, times)
+        for entry, output in zip(entries, outputs):
+            if not entry.waiter.done():
+                entry.waiter.set_result(Result(output, started - entry.enqueued_at))
+
+    def _release(self) -> None:
+        self._free_instances += 1
+        self._step()
+        self._wake()
 
     def _record(self, entries: list[Entry], started: float, times: ComputeTimes) -> None:
         stats, labels = self._stats, (self.model.name, self.model.version)

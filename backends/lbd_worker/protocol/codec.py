@@ -239,13 +239,14 @@ def encode_response(model_name: str, model_version: str, request: InferRequest,
     for name, array in outputs:
         binary = wanted.get(name)
         binary = request.binary_output if binary is None else binary
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        datatype = datatype_of(array)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            blob = _to_binary(array)
+            blob = _to_binary(array, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = _to_json(array)
+            entry["data"] = _to_json(array, datatype)
         described.append(entry)
     document: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": described}
     if request.id is not None:
@@ -256,14 +257,16 @@ def encode_response(model_name: str, model_version: str, request: InferRequest,
     return EncodedResponse(header + b"".join(blobs), "application/octet-stream", len(header))
 
 
-def _to_binary(array: np.ndarray) -> bytes:
-    if datatype_of(array) == "BYTES":
+def _to_binary(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
         return encode_bytes_tensor(array)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()  # C order, whatever the array's layout
 
 
-def _to_json(array: np.ndarray) -> Any:
-    if datatype_of(array) == "BYTES":
+def _to_json(array: np.ndarray, datatype: str) -> Any:
+    if datatype == "BYTES":
         return [element.decode(errors="replace") if isinstance(element, bytes) else str(element)
                 for element in array.reshape(-1)]
     if array.dtype in (np.float16, np.bool_):  # orjson does not serialize these numpy types

@@ -27,12 +27,16 @@ _DATATYPE_BY_KIND = {dtype.newbyteorder("="): name for name, dtype in NUMPY_BY_D
 
 def datatype_of(array: np.ndarray) -> str:
     """The KServe datatype name of a numpy array (``object`` arrays are ``BYTES``)."""
-    if array.dtype == object or array.dtype.kind in "SU":
+    dtype = array.dtype
+    name = _DATATYPE_BY_KIND.get(dtype)  # native byte order: one lookup
+    if name is not None:
+        return name
+    if dtype == object or dtype.kind in "SU":
         return "BYTES"
     try:
-        return _DATATYPE_BY_KIND[array.dtype.newbyteorder("=")]
+        return _DATATYPE_BY_KIND[dtype.newbyteorder("=")]
     except KeyError:
-        raise TypeError(f"no KServe datatype for numpy {array.dtype}") from None
+        raise TypeError(f"no KServe datatype for numpy {dtype}") from None
 
 
 def element_size(datatype: str) -> int:

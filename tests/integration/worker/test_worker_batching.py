@@ -122,3 +122,25 @@ def test_not_ready_and_refusing_while_draining(worker_factory):
     thread.join(30)
     assert statuses == [200]
     assert worker.process.wait(10) == 0
+
+
+def test_a_client_that_goes_away_leaves_the_queue(worker_factory):
+    import socket
+
+    worker = worker_factory({"classifier": {"max_queue_delay": "3s", "max_batch_size": 8}})
+    body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8],
+                                   "data": [0.5] * 8}]}).encode()
+    pending = 'nv_inference_pending_request_count{model="classifier",version="1"}'
+    with socket.create_connection(("127.0.0.1", worker.port)) as client:
+        client.sendall(b"POST /v2/models/classifier/infer HTTP/1.1\r\nHost: w\r\nContent-Length: %d\r\n\r\n%s"
+                       % (len(body), body))
+        deadline = time.monotonic() + 5
+        while _metric(worker, pending) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while _metric(worker, pending) > 0:  # out of the queue long before its 3 s delay
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert _metric(worker, 'nv_inference_request_failure{model="classifier",version="1",reason="CANCELED"}') == 1
+    assert _metric(worker, "lbd_worker_inflight_requests") == 0
