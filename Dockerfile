@@ -22,6 +22,7 @@ USER lbd
 WORKDIR /var/lib/lbd
 
 FROM runtime AS worker
+COPY --chown=lbd backends/worker.example.yaml /etc/lbd/worker.yaml
 RUN lbd-worker build-models
 EXPOSE 9001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
@@ -34,4 +35,4 @@ EXPOSE 8080 9901
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
   CMD python -c "import socket; socket.create_connection(('127.0.0.1', 8080), 2)"
 ENTRYPOINT ["lbd"]
-CMD ["serve", "--config", "/etc/lbd/lbd.yaml"]
+CMD ["serve", "--config", "/etc/lbd/container.yaml"]

@@ -103,6 +103,7 @@ def test_missing_required_section():
 
 def test_shipped_configs_are_valid():
     assert load_config(DEFAULT_CONFIG_PATH).workers, "the embedded default runs local workers"
+    assert load_config(ROOT / "conf" / "container.yaml").listen[0].address == "0.0.0.0:8080"
     example = load_config(ROOT / "conf" / "lbd.example.yaml")
     assert example.pools["sticky"].balancer.options.hash_on == "header"
 
