@@ -5,9 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from tests.support.procs import Proc, free_port, start_lbd, start_upstream
+
+
+# CI explores the same examples every run (a red run does not land); local runs explore anew
+# and keep what they find in .hypothesis/ to replay it.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,16 @@ def load_yaml(text: str, source: str = "<config>") -> tuple[Any, Lines]:
     if root is None:
         return {}, lines
     constructor = _Builder("")
-    return _build(root, (), lines, constructor, source), lines
+    try:
+        return _build(root, (), lines, constructor, source), lines
+    except yaml.YAMLError as exc:  # a value YAML can compose but not construct (e.g. "=")
+        raise YamlError(f"{source}: not valid YAML: {_problem(exc)}") from None
+
+
+def _problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}"
 
 
 def _build(node: yaml.Node, path: Path, lines: Lines, constructor: yaml.SafeLoader, source: str) -> Any:

@@ -92,6 +92,8 @@ def test_yaml_problems_are_reported_with_lines():
     assert "not valid YAML" in message and "line" in message
     (message,) = errors_of(MINIMAL + "pools: {}\n")
     assert message == "pools: duplicate key (line 5; first at line 2)"
+    (message,) = errors_of("=")  # composes, but has no constructor (found by the fuzzer)
+    assert "not valid YAML" in message and "line 1" in message
     (message,) = errors_of("- just\n- a list\n")
     assert "top level must be a mapping" in message
 
