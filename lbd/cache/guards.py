@@ -14,6 +14,10 @@ threshold; a candidate that fails one is not served (the next candidate may be):
   ``C#``), code-like identifiers (``load_dataset``, ``x.y()``), and quoted or backticked
   strings. Case is ignored when looking for the name in the other text, so rewording that
   keeps the names passes.
+- ``question``: both texts are questions that expect different kinds of answer: a reason
+  (why), a time (when), a place (where), a person (who), a quantity (how many/much), a yes
+  or no (is, can, does...), or an open one (what, which, how). "Can I become a boxer?" is not
+  "How can I become a boxer?", however alike their words.
 
 Guards read only the two texts, so they cost microseconds; :func:`check` returns the first
 rule that failed, for the ``reason`` of a declined hit in logs and metrics.
@@ -47,6 +51,11 @@ _VERSION = re.compile(r"[vV]?\d[\d.,]*")
 _ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "vs", "cf", "no"})
 _QUOTED = re.compile(r"`([^`]{1,80})`|\"([^\"]{1,80})\"|“([^”]{1,80})”|(?<!\w)'([^']{1,80})'(?!\w)")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$|^\s*$|[\n(\[\"“]\s*$")
+_QUESTION = re.compile(r"[^.?!\n]*\?")
+_ASKS = {"why": "reason", "when": "time", "where": "place", "who": "person", "whom": "person", "whose": "person",
+         "what": "open", "which": "open", "how": "open"}
+_AUXILIARIES = frozenset("is are was were am do does did can could will would should shall may might must has have "
+                         "had".split())
 _IDENTIFIER = re.compile(r".*(?:[a-z][A-Z]|[A-Za-z]\d|\d[A-Za-z]|[_#+]|\.\w|\(\)).*")
 
 
@@ -66,6 +75,8 @@ class TextFeatures:
     """Numbers written as words (``three`` -> ``3``)."""
     entities: frozenset[str]
     """Lower-cased names, identifiers and quoted strings."""
+    question: str | None
+    """The kind of answer the (first) question asks for; ``None`` when there is no question."""
 
 
 @lru_cache(maxsize=4096)
@@ -75,7 +86,8 @@ def features(text: str) -> TextFeatures:
     words = tuple(_plain(token.lower()) for token, _ in tokens)
     initials = tuple("".join(c for c in token if c.isupper()).lower() if not token.isupper() and
                      sum(c.isupper() for c in token) > 1 else token[0].lower() for token, _ in tokens)
-    return TextFeatures(words, text.lower(), initials, _is_negated(words), _digits(text), _number_words(words), _entities(text, tokens))
+    return TextFeatures(words, text.lower(), initials, _is_negated(words), _digits(text), _number_words(words),
+                        _entities(text, tokens), _question_kind(text))
 
 
 def _plain(word: str) -> str:
@@ -123,6 +135,27 @@ def _is_name(token: str, before: str) -> bool:
     if _IDENTIFIER.match(token) or (token.isupper() and len(token) > 1):
         return True  # inner capitals, digits, code, acronyms: a name wherever it stands
     return token[0].isupper() and not _SENTENCE_END.search(before)
+
+
+def _question_kind(text: str) -> str | None:
+    """What the first question in ``text`` asks for: its first interrogative or auxiliary
+    word decides (``how many``/``how much``: a quantity)."""
+    match = _QUESTION.search(text)
+    if match is None:
+        return None
+    words = [word.lower() for word in _WORD.findall(match.group())]
+    for index, word in enumerate(words):
+        if word == "how" and index + 1 < len(words) and words[index + 1] in ("many", "much"):
+            return "quantity"
+        if word in _ASKS:
+            return _ASKS[word]
+        if word in _AUXILIARIES:
+            return "yes-no"
+    return None
+
+
+def _same_question(a: TextFeatures, b: TextFeatures) -> bool:
+    return a.question is None or b.question is None or a.question == b.question
 
 
 def _negation(a: TextFeatures, b: TextFeatures) -> bool:
@@ -197,7 +230,7 @@ def _phrase_at(words: tuple[str, ...], parts: list[str]) -> int | None:
 
 
 GUARDS: dict[str, Callable[[TextFeatures, TextFeatures], bool]] = {
-    "negation": _negation, "numbers": _numbers_match, "entities": _names_match,
+    "negation": _negation, "numbers": _numbers_match, "entities": _names_match, "question": _same_question,
 }
 """Each guard's name and its test: true when the pair may be served."""
 

@@ -5,151 +5,45 @@ searched exactly with numpy while it holds at most ``hnsw_above`` texts, and thr
 graph beyond. Most partitions are small (one per conversation, per parameter set); one
 tenant's single-turn traffic is the large one.
 
-HNSW library: usearch. It deletes entries in place, which TTLs and purges need (faiss's HNSW
-cannot remove vectors; hnswlib only marks them and has had no release since 2023), ships
-wheels for every platform, and is actively maintained. Without it installed, large partitions
-stay exact (slower, still correct).
+HNSW library: faiss-cpu (``IndexHNSWFlat``, inner product on unit vectors = cosine). Chosen
+after trying the three on this machine: usearch crashes the process when imported before
+onnxruntime (a native library clash; the proxy imports both), hnswlib has had no release
+since 2023 and ships no wheels (it compiles on install), faiss ships wheels and is actively
+maintained. faiss's HNSW cannot delete, so a removed text is a tombstone skipped at search
+time, and a graph whose tombstones pass a quarter of it is rebuilt. Graphs are built on a
+worker thread (faiss releases the GIL), so the event loop keeps serving from the exact
+partition meanwhile. Without faiss installed, partitions stay exact (slower, still correct).
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from lbd.cache.base import Candidate, Scope, VectorRecord
 from lbd.cache.keys import key_fields, label, tenant_label
+from lbd.cache.partitions import ExactPartition, HnswPartition, Slot
 
-__all__ = ["PartitionedIndex", "ExactPartition", "HnswPartition"]
+__all__ = ["PartitionedIndex"]
 
 _log = logging.getLogger("lbd.cache.index")
 
 
-@dataclass
-class _Slot:
-    """What the index keeps per text besides its vector (not the vector: it lives once, in
-    the partition's matrix or graph)."""
-
-    entry_key: str
-    text: str
-    expires_at: float
-    pool: str
-    model: str
-    tenant: str
-
-    def record(self, partition: str) -> VectorRecord:
-        return VectorRecord(partition, self.entry_key, self.text, np.empty(0, np.float32), self.expires_at,
-                            self.pool, self.model, self.tenant)
-
-
-class ExactPartition:
-    """Brute force: one matrix product per search. Removed rows are zeroed and reused."""
-
-    def __init__(self, dimensions: int) -> None:
-        self._vectors = np.zeros((16, dimensions), dtype=np.float32)
-        self._slots: list[_Slot | None] = []
-        self._free: list[int] = []
-        self.by_text: dict[str, int] = {}
-
-    def add(self, slot: _Slot, vector: np.ndarray) -> None:
-        row = self._free.pop() if self._free else len(self._slots)
-        if row == len(self._slots):
-            self._slots.append(None)
-            if row >= len(self._vectors):
-                self._vectors = np.concatenate([self._vectors, np.zeros_like(self._vectors)])
-        self._vectors[row] = vector
-        self._slots[row] = slot
-        self.by_text[slot.text] = row
-
-    def remove(self, text: str) -> None:
-        row = self.by_text.pop(text)
-        self._vectors[row] = 0.0  # similarity 0: never above a threshold
-        self._slots[row] = None
-        self._free.append(row)
-
-    def search(self, vector: np.ndarray, count: int, threshold: float) -> list[tuple[_Slot, float]]:
-        used = len(self._slots)
-        similarities = self._vectors[:used] @ vector
-        if used > count:
-            rows = np.argpartition(-similarities, count)[:count]
-        else:
-            rows = np.arange(used)
-        rows = rows[np.argsort(-similarities[rows])]
-        return [(self._slots[r], float(similarities[r])) for r in rows
-                if similarities[r] >= threshold and self._slots[r] is not None]
-
-    def items(self) -> Iterator[tuple[_Slot, np.ndarray]]:
-        for row in self.by_text.values():
-            yield self._slots[row], self._vectors[row]
-
-    def slots(self) -> list[_Slot]:
-        return [slot for slot, _ in self.items()]
-
-    def __len__(self) -> int:
-        return len(self.by_text)
-
-
-class HnswPartition:
-    """An HNSW graph (usearch, inner product on unit vectors = cosine)."""
-
-    def __init__(self, dimensions: int, m: int, ef_construction: int, ef_search: int) -> None:
-        from usearch.index import Index
-
-        self._index = Index(ndim=dimensions, metric="ip", dtype="f32", connectivity=m,
-                            expansion_add=ef_construction, expansion_search=ef_search)
-        self._slots: dict[int, _Slot] = {}
-        self._next_id = 0
-        self.by_text: dict[str, int] = {}
-
-    def add(self, slot: _Slot, vector: np.ndarray) -> None:
-        self.add_many([slot], vector[None, :])
-
-    def add_many(self, slots: list[_Slot], vectors: np.ndarray) -> None:
-        ids = np.arange(self._next_id, self._next_id + len(slots), dtype=np.uint64)
-        self._next_id += len(slots)
-        self._index.add(ids, np.ascontiguousarray(vectors, dtype=np.float32))
-        for node, slot in zip(ids.tolist(), slots):
-            self._slots[node] = slot
-            self.by_text[slot.text] = node
-
-    def remove(self, text: str) -> None:
-        node = self.by_text.pop(text)
-        self._index.remove(node)
-        del self._slots[node]
-
-    def search(self, vector: np.ndarray, count: int, threshold: float) -> list[tuple[_Slot, float]]:
-        matches = self._index.search(vector, count)
-        found = []
-        for node, distance in zip(matches.keys.tolist(), matches.distances.tolist()):
-            similarity = 1.0 - float(distance)
-            slot = self._slots.get(node)
-            if slot is not None and similarity >= threshold:
-                found.append((slot, similarity))
-        return found
-
-    def slots(self) -> list[_Slot]:
-        return list(self._slots.values())
-
-    def __len__(self) -> int:
-        return len(self.by_text)
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self._index.memory_usage)
-
-
 class PartitionedIndex:
     """:class:`lbd.cache.base.VectorIndex` over many partitions; defaults: 384 dimensions,
-    HNSW above 20000 texts a partition, M 16, ef_construction 128, ef_search 64."""
+    HNSW above 10000 texts a partition, M 16, ef_construction 128, ef_search 64."""
 
-    def __init__(self, dimensions: int = 384, *, hnsw_above: int = 20_000, hnsw_m: int = 16,
+    def __init__(self, dimensions: int = 384, *, hnsw_above: int = 10_000, hnsw_m: int = 16,
                  hnsw_ef_construction: int = 128, hnsw_ef_search: int = 64) -> None:
         self.dimensions = dimensions
         self._hnsw_above = hnsw_above
         self._hnsw = (hnsw_m, hnsw_ef_construction, hnsw_ef_search)
         self._partitions: dict[str, ExactPartition | HnswPartition] = {}
+        self._building: dict[str, asyncio.Future] = {}
+        self._hnsw_ok: bool | None = None
         self._size = 0
         self.options = {"dimensions": dimensions, "hnsw_above": hnsw_above, "hnsw_m": hnsw_m,
                         "hnsw_ef_construction": hnsw_ef_construction, "hnsw_ef_search": hnsw_ef_search}
@@ -161,22 +55,87 @@ class PartitionedIndex:
         if record.text in partition.by_text:
             partition.remove(record.text)
             self._size -= 1
-        slot = _Slot(record.entry_key, record.text, record.expires_at, record.pool, record.model, record.tenant)
+        slot = Slot(record.entry_key, record.text, record.expires_at, record.pool, record.model, record.tenant)
         partition.add(slot, np.asarray(record.vector, dtype=np.float32).reshape(-1))
         self._size += 1
-        if isinstance(partition, ExactPartition) and len(partition) > self._hnsw_above:
-            self._promote(record.partition, partition)
+        self._maybe_rebuild(record.partition, partition)
 
-    def _promote(self, name: str, partition: ExactPartition) -> None:
-        try:
-            graph = HnswPartition(self.dimensions, *self._hnsw)
-        except ImportError:  # usearch not installed: stay exact, correct but slower
-            self._hnsw_above = 2**62
-            _log.warning("usearch is not installed; semantic index partitions stay brute force")
-            return
+    def add_many(self, records: list[VectorRecord]) -> None:
+        """Adds ``records`` with one graph build per large partition (loading an index)."""
+        by_partition: dict[str, list[VectorRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        for name, group in by_partition.items():
+            if name in self._partitions or len(group) <= self._hnsw_above or not self._hnsw_available():
+                for record in group:
+                    self.add(record)
+                continue
+            unique = list({record.text: record for record in group}.values())
+            slots = [Slot(r.entry_key, r.text, r.expires_at, r.pool, r.model, r.tenant) for r in unique]
+            self._partitions[name] = self._graph(slots, np.stack([r.vector for r in unique]))
+            self._size += len(unique)
+
+    def _hnsw_available(self) -> bool:
+        if self._hnsw_ok is None:
+            self._hnsw_ok = importlib.util.find_spec("faiss") is not None
+            if not self._hnsw_ok:
+                _log.warning("faiss-cpu is not installed; semantic index partitions stay brute force")
+        return self._hnsw_ok
+
+    def _maybe_rebuild(self, name: str, partition: ExactPartition | HnswPartition) -> None:
+        if isinstance(partition, ExactPartition):
+            wanted = len(partition) > self._hnsw_above
+        else:
+            wanted = partition.needs_rebuild
+        if wanted and name not in self._building and self._hnsw_available():
+            self._build(name, partition)
+
+    def _build(self, name: str, partition: ExactPartition | HnswPartition) -> None:
+        """A graph of ``partition``'s texts, made on a worker thread when a loop runs (the
+        partition keeps serving meanwhile), else here."""
         slots, vectors = zip(*partition.items())
-        graph.add_many(list(slots), np.stack(vectors))
+        slots, vectors = list(slots), np.stack(vectors)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._install(name, partition, self._graph(slots, vectors), slots)
+            return
+        future = loop.run_in_executor(None, self._graph, slots, vectors)
+        self._building[name] = future
+        future.add_done_callback(lambda done: self._built(name, partition, done, slots))
+
+    def _graph(self, slots: list[Slot], vectors: np.ndarray) -> HnswPartition:
+        graph = HnswPartition(self.dimensions, *self._hnsw)
+        graph.add_many(slots, vectors)
+        return graph
+
+    def _built(self, name: str, source, done: asyncio.Future, slots: list[Slot]) -> None:
+        self._building.pop(name, None)
+        if done.cancelled() or done.exception() is not None:
+            _log.error("building the HNSW graph of a cache partition failed: %r",
+                       None if done.cancelled() else done.exception())
+            return
+        self._install(name, source, done.result(), slots)
+
+    def _install(self, name: str, source, graph: HnswPartition, snapshot: list[Slot]) -> None:
+        """Swaps ``graph`` in for ``source``, with the changes made while it was built."""
+        if self._partitions.get(name) is not source:
+            return  # purged or emptied meanwhile
+        current = {slot.text: slot for slot in source.slots()}
+        for slot in snapshot:
+            if current.get(slot.text) is not slot:
+                graph.remove(slot.text)  # removed or replaced since the snapshot
+        fresh = [(slot, vector) for slot, vector in source.items() if slot.text not in graph.by_text]
+        if fresh:
+            graph.add_many([slot for slot, _ in fresh], np.stack([vector for _, vector in fresh]))
         self._partitions[name] = graph
+        self._maybe_rebuild(name, graph)  # many removals during the build: again
+
+    async def settled(self) -> None:
+        """Waits for graph builds in progress (tests, benchmarks)."""
+        while self._building:
+            await asyncio.gather(*self._building.values(), return_exceptions=True)
+            await asyncio.sleep(0)
 
     def remove(self, partition: str, text: str) -> None:
         found = self._partitions.get(partition)
@@ -185,6 +144,8 @@ class PartitionedIndex:
             self._size -= 1
             if not len(found):
                 del self._partitions[partition]
+            else:
+                self._maybe_rebuild(partition, found)
 
     def search(self, partition: str, vector: np.ndarray, count: int, threshold: float) -> list[Candidate]:
         found = self._partitions.get(partition)

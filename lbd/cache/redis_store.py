@@ -206,7 +206,7 @@ class RedisStore:
                     last = await self._read_feed(last, on_add, on_purge)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError) as error:
+            except Exception as error:  # noqa: BLE001 - the follower must outlive any one failure
                 failures += 1
                 if failures == 1:
                     _log.warning("redis cache feed interrupted: %r", error)

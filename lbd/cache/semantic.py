@@ -13,6 +13,7 @@ logs: ``hit``, ``no-candidate``, ``guard:<name>``, ``ambiguous``, ``entry-gone``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class SemanticQuery:
     threshold: float
     candidates: int = 4
     guards: tuple[str, ...] = tuple(guards.GUARDS)
-    ambiguity_margin: float = 0.01
+    ambiguity_margin: float = 0.015
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class SemanticCache:
         self._store = store
         self._clock = clock
         self._feed = feed
+        self._added_meanwhile: list[VectorRecord] | None = None
 
     async def lookup(self, query: SemanticQuery) -> SemanticResult:
         found = self.index.search(query.partition, query.vector, query.candidates,
@@ -99,6 +101,8 @@ class SemanticCache:
     async def remember(self, record: VectorRecord) -> None:
         """Indexes ``record`` here and, through the feed, on every other instance."""
         self.index.add(record)
+        if self._added_meanwhile is not None:
+            self._added_meanwhile.append(record)
         if self._feed is not None:
             await self._feed.publish(record)
 
@@ -106,6 +110,8 @@ class SemanticCache:
     def on_add(self, record: VectorRecord) -> None:
         if record.expires_at > self._clock.now() and len(record.vector) == getattr(self.index, "dimensions", 384):
             self.index.add(record)
+            if self._added_meanwhile is not None:
+                self._added_meanwhile.append(record)
 
     def on_purge(self, scope: Scope) -> None:
         self.index.purge(scope)
@@ -114,14 +120,19 @@ class SemanticCache:
         """Rebuilds the index from the feed's full list (start, or Redis back after an outage)."""
         if self._feed is None:
             return
-        records = await self._feed.load()
-        now = self._clock.now()
-        fresh = self.index.__class__(**_index_options(self.index))
-        for record in records:
-            if record.expires_at > now:
+        self._added_meanwhile = []
+        try:
+            records = await self._feed.load()
+            now = self._clock.now()
+            fresh = self.index.__class__(**_index_options(self.index))
+            live = [record for record in records if record.expires_at > now]
+            await asyncio.get_running_loop().run_in_executor(None, fresh.add_many, live)  # off the loop
+            for record in self._added_meanwhile:  # this instance's additions during the load
                 fresh.add(record)
-        self.index = fresh
-        _log.info("semantic index loaded: %d texts", len(fresh))
+            self.index = fresh
+        finally:
+            self._added_meanwhile = None
+        _log.info("semantic index loaded: %d texts", len(self.index))
 
 
 def _index_options(index: VectorIndex) -> dict:

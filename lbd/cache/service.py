@@ -24,76 +24,63 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from lbd.cache.base import Embedder, Entry, Scope, Store, SystemClock, VectorFeed, VectorRecord, WallClock
-from lbd.cache.coalesce import Coalescer, Ticket
-from lbd.cache.exact import Hit, kept_headers, request_directives, storable_ttl
+from lbd.cache.coalesce import Coalescer
+from lbd.cache.embedders import Embedders
+from lbd.cache.exact import Hit, Lookup, kept_headers, request_directives, storable_ttl
 from lbd.cache.index import PartitionedIndex
 from lbd.cache.keys import RequestInfo, canonical_body, exact_key, parse_body, tenant_of
 from lbd.cache.semantic import SemanticCache, SemanticQuery
-from lbd.cache.text import SemanticText, extract_text, partition_of
+from lbd.cache.text import extract_text, partition_of
 from lbd.config.cache import PoolCacheConfig
 
-__all__ = ["ResponseCache", "Lookup", "CACHEABLE_METHODS"]
+__all__ = ["ResponseCache", "Lookup", "CACHEABLE_METHODS"]  # Lookup lives in exact, beside Hit
 
 _log = logging.getLogger("lbd.cache")
 CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST"})
 _EMBED_TIMEOUT = 1.0
 
 
-@dataclass
-class Lookup:
-    """What :meth:`ResponseCache.lookup` found and what :meth:`~ResponseCache.store` needs."""
-
-    hit: Hit | None = None
-    reason: str = "bypass"
-    """Why it missed: ``bypass`` (not cacheable), ``no-cache`` (client), ``miss``,
-    ``semantic:<reason>`` (see :mod:`lbd.cache.semantic`), ``embedder-error``."""
-    key: str | None = None
-    info: RequestInfo | None = None
-    route: PoolCacheConfig | None = None
-    tenant: str = ""
-    skip_store: bool = False
-    text: SemanticText | None = None
-    partition: str | None = None
-    vector: np.ndarray | None = field(default=None, repr=False)
-    stale_entry: Entry | None = field(default=None, repr=False)
-    ticket: Ticket | None = field(default=None, repr=False)
-
-
 class ResponseCache:
-    """One per runtime. ``embedders`` maps a route's embedder name (``inprocess``, or
-    ``pool:NAME``) to an :class:`Embedder`; missing ones are made on first use:
-    ``inprocess()`` (default: int8 MiniLM, one thread) and ``pool_embedder(pool, model,
-    timeout)`` (the data plane knows the pools' URLs: see ``embedder.PoolEmbedder``)."""
+    """One per runtime. ``embedders``, ``inprocess`` and ``pool_embedder``: see
+    :class:`lbd.cache.embedders.Embedders`. Responses over ``max_entry_bytes`` (default
+    1MiB) are not stored."""
 
     def __init__(self, store: Store, *, feed: VectorFeed | None = None, index: PartitionedIndex | None = None,
                  embedders: Mapping[str, Embedder] | None = None,
                  pool_embedder: Callable[[str, str | None, float], Embedder] | None = None,
-                 inprocess: Callable[[], Embedder] | None = None, clock: WallClock | None = None) -> None:
+                 inprocess: Callable[[], Embedder] | None = None, clock: WallClock | None = None,
+                 max_entry_bytes: int = 1024**2) -> None:
         self._clock = clock or SystemClock()
         self._store = store
         self._feed = feed
         self.semantic = SemanticCache(index or PartitionedIndex(), store, self._clock, feed)
-        self._embedders: dict[str, Embedder] = dict(embedders or {})
-        self._pool_embedder = pool_embedder
-        self._inprocess = inprocess
-        self._owned: list[Embedder] = []  # made here, closed here; given ones belong to the caller
+        self.embedders = Embedders(embedders, inprocess=inprocess, pool_embedder=pool_embedder)
+        self._max_entry_bytes = max_entry_bytes
         self._coalescer = Coalescer()
+        self._expirer: asyncio.Task | None = None
         self.stats: Counter[str] = Counter()
 
-    async def start(self) -> None:
-        """Loads the shared index and follows other instances' additions (Redis only)."""
+    async def start(self, expire_every: float = 30.0) -> None:
+        """Loads the shared index and follows other instances' additions (Redis only), and
+        drops expired texts from the index every ``expire_every`` seconds."""
         if self._feed is not None:
             self._feed.follow(self.semantic.on_add, self.semantic.on_purge, self.semantic.resync)
+        self._expirer = asyncio.get_running_loop().create_task(self._expire_forever(expire_every))
+
+    async def _expire_forever(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.expire()
 
     async def close(self) -> None:
+        if self._expirer is not None:
+            self._expirer.cancel()
         await self._store.close()
-        for embedder in self._owned:
-            await embedder.close()
+        await self.embedders.close()
 
     # -- lookup ---------------------------------------------------------------------------------
     async def lookup(self, info: RequestInfo, route: PoolCacheConfig | None) -> Lookup:
@@ -142,7 +129,7 @@ class ResponseCache:
     def _partition(self, lookup: Lookup) -> str:
         if lookup.partition is None:
             info, route = lookup.info, lookup.route
-            embedder = getattr(self._embedder(route.semantic.embedder), "name", _embedder_name(route))
+            embedder = self.embedders.name_of(route.semantic.embedder)
             lookup.partition = partition_of(info.pool, info.model, info.version, lookup.tenant, embedder,
                                             lookup.text.context + _vary(info, route))
         return lookup.partition
@@ -195,11 +182,12 @@ class ResponseCache:
     def _found(self, lookup: Lookup, hit: Hit) -> bool:
         lookup.hit, lookup.reason = hit, hit.kind
         self.stats[hit.kind] += 1
+        self.release(lookup, hit.entry)  # led after a failed leader, then hit: share it
         return True
 
     async def _embed(self, settings, text: str) -> np.ndarray | None:
         try:
-            embedder = self._embedder(settings.embedder)
+            embedder = self.embedders.get(settings.embedder)
             timeout = getattr(settings.embedder, "timeout", _EMBED_TIMEOUT)
             return await asyncio.wait_for(embedder.embed(text), timeout)
         except Exception as error:  # noqa: BLE001 - a miss, counted
@@ -207,25 +195,9 @@ class ResponseCache:
             _log.debug("embedding failed: %r", error)
             return None
 
-    def _embedder(self, spec) -> Embedder:
-        name = spec if isinstance(spec, str) else f"pool:{spec.pool}"
-        embedder = self._embedders.get(name)
-        if embedder is None:
-            if name == "inprocess":
-                embedder = self._inprocess() if self._inprocess else _default_inprocess()
-            elif self._pool_embedder is not None:
-                embedder = self._pool_embedder(spec.pool, spec.model, spec.timeout)
-            else:
-                raise LookupError(f"no embedder for {name}")
-            self._embedders[name] = embedder
-            self._owned.append(embedder)
-        return embedder
-
     def warm(self, routes: Iterable[PoolCacheConfig]) -> None:
-        """Creates the embedders ``routes`` need now (blocking: call it at start-up)."""
-        for route in routes:
-            if route.enabled and route.semantic.enabled:
-                self._embedder(route.semantic.embedder)
+        """Makes the embedders ``routes`` need now (blocking: call it at start-up)."""
+        self.embedders.warm(routes)
 
     # -- store, release, stale ------------------------------------------------------------------
     async def store(self, lookup: Lookup, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> bool:
@@ -246,6 +218,9 @@ class ResponseCache:
         route = lookup.route
         if lookup.key is None or lookup.skip_store or lookup.hit is not None:
             return None
+        if len(body) > self._max_entry_bytes:
+            self.stats["too-large"] += 1
+            return None
         ttl = route.exact.ttl if route.exact.enabled else route.semantic.ttl
         ttl = storable_ttl(status, headers, ttl)
         if ttl is None:
@@ -256,6 +231,7 @@ class ResponseCache:
                       lookup.text.text if lookup.text else None)
         await self._store.set(lookup.key, entry)
         self.stats["stored"] += 1
+        self.release(lookup, entry)  # followers need not wait for the index
         if route.semantic.enabled and lookup.text is not None:
             await self._remember(lookup, now + min(ttl, route.semantic.ttl))
         return entry
@@ -307,17 +283,6 @@ class ResponseCache:
     def expire(self) -> int:
         """Drops expired texts from the index (call every few seconds)."""
         return self.semantic.index.expire(self._clock.now())
-
-
-def _default_inprocess() -> Embedder:
-    from lbd.cache.embedder import InProcessEmbedder
-
-    return InProcessEmbedder()  # blocks once (model load): warm() does it at start-up
-
-
-def _embedder_name(route: PoolCacheConfig) -> str:
-    spec = route.semantic.embedder
-    return spec if isinstance(spec, str) else f"pool:{spec.pool}/{spec.model}"
 
 
 def _vary(info: RequestInfo, route: PoolCacheConfig) -> bytes:

@@ -74,6 +74,28 @@ def test_entities_pass_the_same_names_reworded(a: str, b: str) -> None:
     assert check(a, b, ["entities"]) is None
 
 
+@pytest.mark.parametrize("a, b", [
+    ("Can I become a pro boxer?", "How can I become a pro boxer?"),
+    ("When did the Vikings reach America?", "Did the Vikings reach America?"),
+    ("Why do dogs chew wood?", "How do dogs chew wood?"),
+    ("Who created the universe?", "What created the universe?"),
+    ("How many people live in Lima?", "Where do people live in Lima?"),
+])
+def test_question_declines_questions_asking_for_different_answers(a: str, b: str) -> None:
+    assert check(a, b, ["question"]) == "question"
+
+
+@pytest.mark.parametrize("a, b", [
+    ("How do I learn to swim?", "What is the best way to learn swimming?"),
+    ("Is Harvard likely to accept me?", "Will Harvard accept me?"),
+    ("Generally speaking, are cats lazy?", "Are cats lazy?"),
+    ("I am scared of the dark. What do I do?", "What should I do about being scared of the dark?"),
+    ("The method returns a new table.", "Which method returns a new table?"),
+])
+def test_question_passes_the_same_kind_of_question_and_statements(a: str, b: str) -> None:
+    assert check(a, b, ["question"]) is None
+
+
 def test_disabled_guards_do_not_run() -> None:
     assert check("Why do people change?", "Why don't people change?", ["numbers", "entities"]) is None
 
@@ -92,4 +114,4 @@ def test_a_text_always_passes_against_itself(text: str) -> None:
 @given(st.text(max_size=80), st.text(max_size=80))
 def test_guards_are_symmetric(a: str, b: str) -> None:
     assert (check(a, b) is None) == (check(b, a) is None)
-    assert set(GUARDS) == {"negation", "numbers", "entities"}
+    assert set(GUARDS) == {"negation", "numbers", "entities", "question"}

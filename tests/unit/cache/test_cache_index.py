@@ -81,7 +81,7 @@ def clustered(rng: np.random.Generator, count: int, centres: int = 200) -> np.nd
 
 def test_hnsw_recall_against_brute_force() -> None:
     """Top-1 agreement on what a cache asks: queries near a stored text (cosine ~0.9)."""
-    pytest.importorskip("usearch")
+    import faiss  # noqa: F401  (a dependency: the index must not silently lose HNSW)
     rng = np.random.default_rng(5)
     vectors = clustered(rng, 4000)
     exact, graph = PartitionedIndex(hnsw_above=10**9), PartitionedIndex(hnsw_above=1000)
@@ -97,3 +97,34 @@ def test_hnsw_recall_against_brute_force() -> None:
     graph.remove("p:m:-:a", "0")  # deletion works on the graph too
     assert all(c.record.text != "0" for c in graph.search("p:m:-:a", vectors[0], 4, 0.0))
     assert graph.expire(2e12) == 3999
+
+
+def test_a_graph_is_built_off_the_loop_and_catches_up_with_changes() -> None:
+    import faiss  # noqa: F401  (a dependency: the index must not silently lose HNSW)
+    import asyncio
+
+    from lbd.cache.partitions import ExactPartition, HnswPartition
+
+    async def scenario() -> None:
+        rng = np.random.default_rng(6)
+        vectors = unit(rng, 400)
+        index = PartitionedIndex(hnsw_above=300)
+        for number in range(301):
+            index.add(record("p:m:-:a", str(number), vectors[number]))
+        assert isinstance(index._partitions["p:m:-:a"], ExactPartition)  # still serving, exactly
+        index.remove("p:m:-:a", "0")  # changes while the graph is built
+        index.add(record("p:m:-:a", "1", vectors[399]))
+        for number in range(301, 350):
+            index.add(record("p:m:-:a", str(number), vectors[number]))
+        await index.settled()
+        assert isinstance(index._partitions["p:m:-:a"], HnswPartition)
+        assert len(index) == 349
+        assert index.search("p:m:-:a", vectors[0], 1, 0.99) == []
+        assert index.search("p:m:-:a", vectors[399], 1, 0.99)[0].record.text == "1"
+        assert index.search("p:m:-:a", vectors[340], 1, 0.99)[0].record.text == "340"
+        for number in range(2, 200):  # tombstones past a quarter: rebuilt
+            index.remove("p:m:-:a", str(number))
+        await index.settled()
+        assert index.search("p:m:-:a", vectors[250], 1, 0.99)[0].record.text == "250"
+        assert index._partitions["p:m:-:a"].needs_rebuild is False
+    asyncio.run(scenario())

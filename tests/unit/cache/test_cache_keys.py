@@ -66,7 +66,8 @@ def test_kserve_bytes_json_and_binary_give_one_key() -> None:
     texts = [b"hello", "w\u00f6rld".encode()]
     blob = b"".join(struct.pack("<I", len(t)) + t for t in texts)
     body, headers = binary_request([("text", "BYTES", [2], blob)])
-    as_json = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["hello", "w\u00f6rld"]}]})
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["hello", "w\u00f6rld"]}
+    as_json = orjson.dumps({"inputs": [tensor]})
     assert key(as_json) == key(body, headers)
 
 

@@ -93,8 +93,9 @@ def test_guards_decline_negated_and_renumbered_questions(cache: ResponseCache) -
 
 def test_chat_follow_ups_do_not_cross_conversations(cache: ResponseCache) -> None:
     async def scenario() -> None:
-        await remember(cache, chat("Tell me about Paris.", "It is the capital of France.", "How big is it?"), b"105 km2")
-        same = await cache.lookup(chat("Tell me about Paris.", "It is the capital of France.", "How large is it?"), ROUTE)
+        paris = ("Tell me about Paris.", "It is the capital of France.")
+        await remember(cache, chat(*paris, "How big is it?"), b"105 km2")
+        same = await cache.lookup(chat(*paris, "How large is it?"), ROUTE)
         assert same.hit is not None and same.hit.body == b"105 km2"
         other = await cache.lookup(chat("Tell me about Rome.", "It is the capital of Italy.", "How big is it?"), ROUTE)
         assert other.hit is None
@@ -179,5 +180,22 @@ def test_an_unreachable_embedder_is_a_miss_not_an_error(clock: ManualClock) -> N
         assert lookup.hit is None and lookup.reason == "embedder-error"
         assert await cache.store(lookup, 200, JSON, b"stored all the same")
         assert (await cache.lookup(kserve("anything"), route)).hit.kind == "hit"
+        await cache.close()
+    asyncio.run(scenario())
+
+
+def test_build_cache_from_config_and_size_limit() -> None:
+    from lbd.cache import build_cache
+    from lbd.config.cache import CacheConfig
+
+    cache = build_cache(CacheConfig.model_validate({"memory": {"max_entries": 10}, "max_entry_size": "1KiB"}))
+    exact = PoolCacheConfig()
+    async def scenario() -> None:
+        small = await cache.lookup(kserve("small"), exact)
+        assert await cache.store(small, 200, JSON, b"x" * 1000)
+        big = await cache.lookup(kserve("big"), exact)
+        assert not await cache.store(big, 200, JSON, b"x" * 2000)
+        assert (await cache.lookup(kserve("small"), exact)).hit.kind == "hit"
+        assert cache.stats["too-large"] == 1
         await cache.close()
     asyncio.run(scenario())

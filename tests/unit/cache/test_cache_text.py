@@ -74,6 +74,8 @@ def test_prompt_and_input_fields() -> None:
 def test_partitions_separate_tenants_versions_and_embedders() -> None:
     base = partition_of("p", "m", "1", "", "minilm-int8", b"ctx")
     assert base == partition_of("p", "m", "1", "", "minilm-int8", b"ctx")
-    others = {partition_of("p", "m", "1", "k:a", "minilm-int8", b"ctx"), partition_of("p", "m", "2", "", "minilm-int8", b"ctx"),
-              partition_of("p", "m", "1", "", "pool:minilm", b"ctx"), partition_of("p", "m", "1", "", "minilm-int8", b"c2")}
+    others = {partition_of("p", "m", "1", "k:a", "minilm-int8", b"ctx"),
+              partition_of("p", "m", "2", "", "minilm-int8", b"ctx"),
+              partition_of("p", "m", "1", "", "pool:minilm", b"ctx"),
+              partition_of("p", "m", "1", "", "minilm-int8", b"c2")}
     assert base not in others and len(others) == 4

@@ -1,0 +1,37 @@
+"""The in-process MiniLM: unit vectors, paraphrases close, concurrent calls batched."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+
+def test_embeddings_are_unit_vectors_and_paraphrases_are_close(embedder) -> None:
+    async def scenario() -> None:
+        a = await embedder.embed("How do I reset my password?")
+        b = await embedder.embed("How can I reset my password?")
+        c = await embedder.embed("What is the capital of Peru?")
+        assert a.shape == (384,) and a.dtype == np.float32
+        assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-4
+        assert float(a @ b) > 0.9 > 0.3 > float(a @ c)
+    asyncio.run(scenario())
+
+
+def test_concurrent_calls_give_the_same_vectors_as_single_ones(embedder) -> None:
+    texts = [f"question number {n} about caching" for n in range(12)]
+    async def scenario() -> None:
+        together = await asyncio.gather(*[embedder.embed(text) for text in texts])
+        alone = [await embedder.embed(text) for text in texts]
+        for batched, single in zip(together, alone):
+            assert float(batched @ single) > 0.999  # padding in a batch changes nothing that matters
+    asyncio.run(scenario())
+
+
+def test_the_int8_model_agrees_with_the_float_one(embedder, cache_model_dir) -> None:
+    from lbd.cache.embedder import InProcessEmbedder
+
+    exact = InProcessEmbedder(quantized=False, model_dir=cache_model_dir)
+    text = "The `select` method creates a new table with the specified columns."
+    assert float(exact.embed_many([text])[0] @ embedder.embed_many([text])[0]) > 0.95
+    assert embedder.name == "minilm-int8" and exact.name == "minilm"
