@@ -131,7 +131,7 @@ def _ensure_tool(tool: str, package: str) -> str:
     if found:
         return found
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip(f"{tool} is not installed and apt-get is unavailable here")
+        pytest.fail(f"{tool} is not installed (`make test` installs it: tools/debian-deps.sh)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=300)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True, env=env,

@@ -22,8 +22,6 @@ from lbd.daemon import Daemon
 from tests.support.procs import ROOT, free_port, wait_for
 
 MINIMAL = 'pools: {web: {backends: [{url: "http://127.0.0.1:1"}]}}\n'
-pytestmark = pytest.mark.skipif("admin" not in vars(Daemon(load_config_text(MINIMAL), None)),
-                                reason="the daemon does not start the admin listener yet")
 
 CONFIG = """
 listen: [{{address: "127.0.0.1:{port}"}}]

@@ -26,7 +26,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed and REDIS_URL is not set")
+            pytest.fail("redis-server is not installed and REDIS_URL is not set (`make test` installs it)")
         self._proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--enable-debug-command", "local", "--dir", str(self.folder)],
