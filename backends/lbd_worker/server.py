@@ -22,10 +22,10 @@ from lbd_worker import __version__
 from lbd_worker.batching import DynamicBatcher
 from lbd_worker.config import WorkerConfig
 from lbd_worker.fasthttp import Exchange, HttpServer, Limits
-from lbd_worker.inference import InferCall, Tokenizing, error_headers, failure_reason, header_length, scheduling
+from lbd_worker.inference import InferCall, Tokenizing, error_headers, header_length, scheduling
 from lbd_worker.metrics import CONTENT_TYPE, WorkerMetrics
 from lbd_worker.models import Model, load_model
-from lbd_worker.protocol import BadRequest, InferenceError, NotFound, Unavailable, decode_request
+from lbd_worker.protocol import InferenceError, NotFound, Unavailable, decode_request
 from lbd_worker.runner import resolve_device
 
 __all__ = ["QUEUE_DEPTH_HEADER", "INFLIGHT_HEADER", "WorkerServer"]

@@ -9,12 +9,11 @@ for free and stays small.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from lbd.clock import Clock
 
 __all__ = ["Backend", "RequestView", "Balancer", "BalancerOptions", "NoOptions"]
 

@@ -18,7 +18,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lbd.config import ConfigError, load_config_text
-from lbd.daemon import Daemon
 from tests.support.procs import ROOT, free_port, wait_for
 
 MINIMAL = 'pools: {web: {backends: [{url: "http://127.0.0.1:1"}]}}\n'

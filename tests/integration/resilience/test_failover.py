@@ -9,9 +9,8 @@ import signal
 import threading
 import time
 
-import pytest
 
-from tests.support.procs import free_port, start_upstream, upstream_requests, wait_for
+from tests.support.procs import start_upstream, upstream_requests, wait_for
 
 POOL = """
 listen: [{{address: "127.0.0.1:{port}"}}]

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
-import subprocess
 import time
 
 import pytest
