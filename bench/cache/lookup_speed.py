@@ -6,9 +6,9 @@ of ``shared/data/semantic`` embedded by MiniLM, and, to reach the count, variati
 Then ``--queries`` real paraphrases go through :meth:`ResponseCache.lookup` one at a time, as
 the data plane calls it: exact key, then in-process MiniLM embedding (int8, one thread), HNSW
 search, guards, entry fetch. Reported: p50/p90/p99 of the whole lookup (wall clock, and the
-CPU time the process spent on it: what it costs on a core nobody else wants, which is what
-the wall clock shows on an idle machine), of the embedding alone and of the index search alone, HNSW top-1 recall against brute force, and memory per entry
-(process RSS growth while filling, and usearch's own count for the graph).
+CPU time the process spent on it), of the embedding alone and of the index search alone,
+HNSW top-1 recall against brute force, and memory per entry (process RSS growth while
+filling, and the graph's own size).
 
     python bench/cache/lookup_speed.py --vectors /tmp/cache-vectors.npz
 """
@@ -126,7 +126,8 @@ async def measure(args: argparse.Namespace) -> dict:
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
         "entries": len(cache.semantic.index), "index": type(graph).__name__, "queries": len(queries),
-        "lookup": percentiles(lookups), "lookup_cpu_time": percentiles(cpu), "embedding": percentiles(embeds), "index_search": percentiles(searches),
+        "lookup": percentiles(lookups), "lookup_cpu_time": percentiles(cpu), "embedding": percentiles(embeds),
+        "index_search": percentiles(searches),
         "outcomes": kinds, "hnsw_top1_recall": round(agree / len(queries), 4),
         "fill_seconds": round(fill_seconds, 1),
         "memory_per_entry_bytes": {"process_rss_growth": grown // len(corpus_texts),

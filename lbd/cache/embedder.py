@@ -7,9 +7,10 @@ copy (ONNX Runtime's BERT fusions, then dynamic int8 quantization per channel, m
 to the float model): one sentence takes about 2 ms on one core instead of 6, for a few points
 fewer paraphrase hits at the same threshold (bench/cache/RESULTS.md). Calls run on one
 executor thread, off the event loop; calls that arrive while one runs are handed over
-together in one thread hop, but each text still runs alone: the int8 graph quantizes activations with one scale per batch, so a
-text embedded beside others (and their padding) gets a slightly different vector (cosine
-~0.99), and a cache must give a text the same vector whatever else is in flight.
+together in one thread hop, but each text still runs alone: the int8 graph quantizes
+activations with one scale per batch, so a text embedded beside others (and their padding)
+gets a slightly different vector (cosine ~0.99), and a cache must give a text the same
+vector whatever else is in flight.
 
 :class:`PoolEmbedder` posts ``{"inputs": [{"name": "text", "datatype": "BYTES", ...}]}`` to a
 KServe pool's ``/v2/models/{model}/infer`` and reads ``embedding``.
