@@ -23,15 +23,15 @@ import time
 from typing import TYPE_CHECKING
 
 from lbd.proxy.admission import priority_of
-from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, response_head, without_field
-from lbd.proxy.http import CONTINUE_100, LAST_CHUNK, chunk, error_response
-from lbd.proxy.request import REPLAY_LIMIT, Request
+from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, response_head
+from lbd.proxy.http import LAST_CHUNK, chunk, error_response
+from lbd.proxy.admit import Admission
+from lbd.proxy.request import REPLAY_LIMIT
 from lbd.proxy.outbox import flush
-from lbd.proxy.upstream import UpstreamConnection
+from lbd.proxy.upstream import UpstreamConnection, open_connection
 from lbd.resilience.outlier import Outcome, outcome_of_status
 from lbd.resilience.retry import CONNECT_FAILURE, RESET, TIMEOUT
-from lbd.security.auth import CHALLENGE
-from lbd.security.ratelimit import Decision, LocalLimiter, rate_limit_headers
+from lbd.security.ratelimit import LocalLimiter
 
 if TYPE_CHECKING:
     from lbd.proxy.downstream import ClientConnection
@@ -44,23 +44,13 @@ _SUCCESS = Outcome.SUCCESS
 _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
 
 
-async def _open(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float) -> tuple:
-    # Made inside the task so that a task cancelled before it ran leaves no coroutine behind.
-    factory = lambda: UpstreamConnection(backend)  # noqa: E731
-    if backend.ssl is None:
-        return await asyncio.wait_for(loop.create_connection(factory, backend.host, backend.port), timeout)
-    return await asyncio.wait_for(loop.create_connection(
-        factory, backend.host, backend.port, ssl=backend.ssl, server_hostname=backend.server_name or backend.host,
-        ssl_handshake_timeout=timeout), timeout)
-
-
-class Exchange(Request):
-    """A request and the attempts to get it answered."""
+class Exchange(Admission):
+    """A request, admitted, and the attempts to get it answered."""
 
     __slots__ = (
         "pool", "backend", "upstream", "tried", "retries", "started", "deadline", "status", "served_by",
         "response_started", "response_chunked", "_timer", "_connecting", "_attempt_started", "_queued",
-        "_failure", "tenant", "_pending", "_extra_fields",
+        "_failure",
     )
 
     def __init__(self, client: ClientConnection, method: bytes, url: bytes,
@@ -82,9 +72,6 @@ class Exchange(Request):
         self._attempt_started = 0.0
         self._queued = False
         self._failure: tuple[int, str, str] | None = None
-        self.tenant: str | None = None
-        self._pending: asyncio.Task | None = None
-        self._extra_fields: tuple[tuple[bytes, bytes], ...] = ()
 
     # -- start ---------------------------------------------------------------------------
     def begin(self) -> None:
@@ -108,53 +95,6 @@ class Exchange(Request):
             self._rate_checked(limiter.take(self._limit_key(pool)))
         else:
             self._await(limiter.take(self._limit_key(pool)), self._rate_checked)
-
-    def _authenticate(self, pool: Pool) -> bool:
-        auth = pool.auth
-        self.tenant = auth.tenant(self.headers)  # type: ignore[union-attr]
-        if self.tenant is None:
-            self.fail(401, "unauthorized", f"pool {pool.name!r} needs a valid API key", CHALLENGE)
-            return False
-        if not auth.config.forward:  # type: ignore[union-attr]
-            self.fields.head = without_field(self.fields.head, auth.header)  # type: ignore[union-attr]
-        return True
-
-    def _limit_key(self, pool: Pool) -> str:
-        by = pool.config.rate_limit.by  # type: ignore[union-attr]
-        if by == "pool":
-            return "*"
-        if by == "tenant" and self.tenant is not None:
-            return "t:" + self.tenant
-        return "ip:" + self.client_ip
-
-    def _rate_checked(self, decision: Decision) -> None:
-        self._extra_fields = rate_limit_headers(self.pool.config.rate_limit, decision)  # type: ignore[union-attr,arg-type]
-        if not decision.allowed:
-            self.fail(429, "rate_limited", "too many requests; see Retry-After", *self._extra_fields)
-            return
-        self._admitted()
-
-    def _admitted(self) -> None:
-        self.pool.budget.record_request()  # type: ignore[union-attr]
-        if self.fields.expect_continue:
-            self.client.write(CONTINUE_100)
-        self._attempt()
-
-    def _await(self, coro, then) -> None:
-        """Run an asynchronous step (a Redis call) and continue with ``then(result)``; the
-        only place the state machine waits on a coroutine."""
-        task = self._pending = self.client.loop.create_task(coro)
-        task.add_done_callback(lambda done: self._resumed(done, then))
-
-    def _resumed(self, task: asyncio.Task, then) -> None:
-        if self._pending is not task:
-            return
-        self._pending = None
-        try:
-            if not self.finished and not task.cancelled():
-                then(task.result())
-        finally:
-            flush()
 
     # -- attempts ----------------------------------------------------------------------
     def _attempt(self) -> None:
@@ -209,7 +149,7 @@ class Exchange(Request):
     def _connect(self, backend: Backend) -> None:
         loop = self.client.loop
         timeout = min(self.pool.timeouts.connect, self.deadline - loop.time())  # type: ignore[union-attr]
-        task = self._connecting = loop.create_task(_open(loop, backend, max(timeout, 0.001)))
+        task = self._connecting = loop.create_task(open_connection(loop, backend, max(timeout, 0.001)))
         task.add_done_callback(self._on_connected)
 
     def _on_connected(self, task: asyncio.Task) -> None:
@@ -451,9 +391,7 @@ class Exchange(Request):
             return
         self.finished = True
         self._cancel_timer()
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        self._cancel_pending()
         if self._queued and self.pool is not None and self.pool.queue is not None:
             self.pool.queue.remove(self)
         if self._connecting is not None:

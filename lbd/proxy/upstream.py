@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from lbd.proxy.exchange import Exchange
     from lbd.proxy.pool import Backend
 
-__all__ = ["UpstreamConnection"]
+__all__ = ["UpstreamConnection", "open_connection"]
 
 
 class _StopParsing(Exception):
@@ -153,3 +153,13 @@ class UpstreamConnection(Corked, asyncio.Protocol):
             self.exchange = None
             if self.transport is not None:
                 self.transport.abort()
+
+
+async def open_connection(loop: asyncio.AbstractEventLoop, backend: Backend, timeout: float) -> tuple:
+    # Made inside the task so that a task cancelled before it ran leaves no coroutine behind.
+    factory = lambda: UpstreamConnection(backend)  # noqa: E731
+    if backend.ssl is None:
+        return await asyncio.wait_for(loop.create_connection(factory, backend.host, backend.port), timeout)
+    return await asyncio.wait_for(loop.create_connection(
+        factory, backend.host, backend.port, ssl=backend.ssl, server_hostname=backend.server_name or backend.host,
+        ssl_handshake_timeout=timeout), timeout)
