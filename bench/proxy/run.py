@@ -168,14 +168,21 @@ def main(argv: list[str]) -> int:
     try:
         if args.profile:
             return profile(run_dir, upstreams, args, args.out, stamp)
-        rounds, raw = [], []
-        for index in range(args.runs):
-            results = []
-            for name in [p for p in PROXIES if p in args.only]:
-                print(f"[round {index + 1}/{args.runs}] {name} ...", file=sys.stderr, flush=True)
-                results.append(bench_proxy(name, run_dir, upstreams, args, raw))
-                _progress(results[-1])
-            rounds.append(results)
+        rounds, raw, interrupted = [], [], False
+        try:
+            for index in range(args.runs):
+                results = []
+                rounds.append(results)
+                for name in [p for p in PROXIES if p in args.only]:
+                    print(f"[round {index + 1}/{args.runs}] {name} ...", file=sys.stderr,
+                          flush=True)
+                    results.append(bench_proxy(name, run_dir, upstreams, args, raw))
+                    _progress(results[-1])
+        except (KeyboardInterrupt, SystemExit):     # Ctrl-C, SIGTERM: report what we have
+            interrupted = True
+            rounds = [results for results in rounds if results]
+            if not rounds:
+                raise
     finally:
         upstreams.stop()
         if args.keep:
@@ -183,6 +190,8 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     text = report(rounds, started, args, raw, machine_lines)
+    if interrupted:
+        text = text.replace("\n\n", "\n\n**Interrupted: partial results.**\n\n", 1)
     path = args.out / f"proxy-{stamp}.md"
     path.write_text(text)
     print(text)
@@ -190,7 +199,7 @@ def main(argv: list[str]) -> int:
     failed = [r for results in rounds for r in results if r.problems]
     for r in failed:
         print(f"FAIL {r.proxy}: {'; '.join(r.problems)}", file=sys.stderr)
-    return 1 if failed else 0
+    return 130 if interrupted else 1 if failed else 0
 
 
 def _progress(result: Result) -> None:
