@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import sys
 import time
+from pathlib import Path
 
 import uvloop
 
@@ -23,6 +25,9 @@ from lbd.proxy.downstream import ClientConnection
 from lbd.proxy.server import ProxyServer
 from lbd.proxy.upstream import UpstreamConnection
 from lbd.runtime import Runtime
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.memory import MemoryTransport  # noqa: E402  the one the fuzz tests use
 
 CONFIG = """
 pools:
@@ -36,39 +41,16 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 21:00:0
             b"Content-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n{\"ok\":true}")
 
 
-class MemoryTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = 0
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.sent += 1
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None:
-        self.closed = True
-    def abort(self) -> None:
-        self.closed = True
-
-
 async def main(requests: int, access_log: bool, algorithm: str, rounds: int = 5) -> None:
     runtime = Runtime.build(load_config_text(CONFIG % algorithm))
     server = ProxyServer(runtime, asyncio.get_running_loop(), AccessLog(access_log, io.BytesIO()))
     client = ClientConnection(server)
-    client_transport = MemoryTransport()
+    client_transport = MemoryTransport(keep=False)
     client.connection_made(client_transport)
     upstreams = []
     for backend in runtime.pools["bench"].backends:
         conn = UpstreamConnection(backend)
-        conn.connection_made(MemoryTransport())
+        conn.connection_made(MemoryTransport(keep=False))
         backend.put_idle(conn, 0.0)
         upstreams.append(conn)
     best = float("inf")

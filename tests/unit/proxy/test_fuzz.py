@@ -19,6 +19,7 @@ from lbd.proxy.downstream import ClientConnection
 from lbd.proxy.server import ProxyServer
 from lbd.proxy.upstream import UpstreamConnection
 from lbd.runtime import Runtime
+from tests.support.memory import MemoryTransport
 
 CONFIG = """
 pools:
@@ -26,31 +27,6 @@ pools:
     health: {enabled: false}
     backends: [{url: "http://127.0.0.1:1"}]
 """
-
-
-class Capture(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
 
 
 class Requests:
@@ -100,10 +76,10 @@ def drive(raw: bytes, splits: list[int]) -> tuple[bytes, bytes]:
     async def main() -> tuple[bytes, bytes]:
         runtime = Runtime.build(load_config_text(CONFIG))
         server = ProxyServer(runtime, asyncio.get_running_loop(), AccessLog(False))
-        client, client_out = ClientConnection(server), Capture()
+        client, client_out = ClientConnection(server), MemoryTransport()
         client.connection_made(client_out)
         backend = runtime.pools["web"].backends[0]
-        upstream, upstream_out = UpstreamConnection(backend), Capture()
+        upstream, upstream_out = UpstreamConnection(backend), MemoryTransport()
         upstream.connection_made(upstream_out)
         backend.put_idle(upstream, 0.0)
         position = 0
