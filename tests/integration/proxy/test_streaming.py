@@ -59,51 +59,8 @@ def test_one_gib_upload_and_download_in_bounded_memory(lbd, upstreams, tmp_path)
     assert grown_mib < 64, f"lbd's peak RSS grew by {grown_mib:.0f} MiB moving 2 GiB"
 
 
-class HangingUpstream:
-    """A raw upstream that reads a request, never answers, and records when the proxy
-    closes the connection."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.requests = 0
-        self.closed = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                if b"\r\n\r\n" in data:
-                    self.requests += 1
-            self.closed += 1
-
-    def close(self) -> None:
-        self.server.close()
-
-
-def test_client_going_away_cancels_the_upstream_request(lbd):
-    hanging = HangingUpstream()
-    try:
-        _, port = lbd(ONE, a=hanging.port)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: hanging.requests == 1, 5, what="request reached upstream")
-        wait_for(lambda: hanging.closed == 1, 5, what="upstream connection closed after the client left")
-    finally:
-        hanging.close()
-
-
-class StaleKeepAliveUpstream:
-    """Answers the first request on each connection with keep-alive, then closes the
-    connection without answering the second: the race a pooled connection can lose."""
+class RawUpstream:
+    """A raw TCP upstream on a free port: one thread per connection runs ``_handle``."""
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -121,15 +78,51 @@ class StaleKeepAliveUpstream:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class HangingUpstream(RawUpstream):
+    """Reads a request, never answers, and records when the proxy closes the connection."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.closed = 0
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                if b"\r\n\r\n" in data:
+                    self.requests += 1
+            self.closed += 1
+
+
+def test_client_going_away_cancels_the_upstream_request(lbd):
+    hanging = HangingUpstream()
+    try:
+        _, port = lbd(ONE, a=hanging.port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: hanging.requests == 1, 5, what="request reached upstream")
+        wait_for(lambda: hanging.closed == 1, 5, what="upstream connection closed after the client left")
+    finally:
+        hanging.close()
+
+
+class StaleKeepAliveUpstream(RawUpstream):
+    """Answers the first request on each connection with keep-alive, then closes the
+    connection without answering the second: the race a pooled connection can lose."""
+
+    def _handle(self, conn: socket.socket) -> None:
         with conn:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             conn.recv(65536)  # the next request arrives; close without answering
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def test_request_on_a_pooled_connection_the_backend_closed_is_resent(lbd):
