@@ -51,6 +51,7 @@ class Daemon:
         self.proxy = ProxyServer(runtime, loop)
         self.proxy.metrics.follow_reloads(self)
         await self.proxy.start()
+        await self._apply_cache(self.config, None)
         if self.config.admin.enabled:
             self.admin = await self._start_admin()
         await runtime.start_health()  # READY only once every backend was probed
@@ -75,6 +76,8 @@ class Daemon:
         if self.admin is not None:
             await self.admin.stop()
         await self.proxy.runtime.stop_health()
+        if self.cache is not None:
+            await self.cache.close()
         if self.fleet is not None:
             await self.fleet.stop()
         log.info("stopped")
@@ -115,6 +118,46 @@ class Daemon:
         except TimeoutError as exc:  # health checks keep a late worker out of rotation
             log.warning("reload: %s", exc)
 
+    # -- the response cache ----------------------------------------------------------------
+    async def _apply_cache(self, config: Config, previous: Config | None) -> None:
+        """Build the cache when a pool first needs one (or the ``cache:`` section changed),
+        load the embedders the routes name (off the loop: the first load builds a model),
+        and drop the entries of models whose configured version changed."""
+        from lbd.runtime import served_versions
+
+        assert self.proxy is not None
+        routes = [pool.cache for pool in config.pools.values() if pool.cache is not None and pool.cache.enabled]
+        old = self.cache
+        if not routes:
+            self.proxy.cache = self.cache = None
+        elif old is None or previous is None or previous.cache != config.cache:
+            from lbd.cache import build_cache
+
+            self.cache = build_cache(config.cache, pool_embedder=self._pool_embedder)
+            await self.cache.start()
+            log.info("response cache ready", extra={"store": _masked_url(config.cache.store)})
+        if self.cache is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.cache.warm, routes)
+            if old is self.cache and previous is not None:
+                dropped = await self.cache.drop_changed_models(served_versions(previous), served_versions(config))
+                if dropped:
+                    log.info("cache: dropped the answers of models whose version changed", extra={"dropped": dropped})
+        self.proxy.cache = self.cache
+        if old is not None and old is not self.cache:
+            asyncio.get_running_loop().call_later(5.0, lambda: asyncio.ensure_future(old.close()))
+
+    def _pool_embedder(self, pool: str, model: str | None, timeout: float):
+        """Embeds through lbd's own listener, so the embedder pool gets the balancer,
+        health checks and retries like any client."""
+        from lbd.cache import PoolEmbedder
+
+        assert self.proxy is not None
+        host, port = next(((h, p) for (h, p), listener in zip(self.proxy.bound, self.config.listen)
+                           if listener.tls is None), self.proxy.bound[0])
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+        models = self.config.pools[pool].match.models if pool in self.config.pools else []
+        return PoolEmbedder(f"http://{host}:{port}", model or (models[0] if models else pool), timeout=timeout)
+
     @staticmethod
     def _check_certificates(config: Config) -> None:
         """A certificate that does not load refuses the whole reload, like any bad value."""
@@ -150,6 +193,7 @@ class Daemon:
             return False
         if config.workers != self.config.workers:
             await self._apply_workers(config)
+        await self._apply_cache(config, self.config)
         await runtime.start_health(previous=self.proxy.runtime)
         self.proxy.swap(runtime)
         self.config = config
@@ -174,6 +218,16 @@ class Daemon:
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
             await asyncio.sleep(interval)
+
+
+def _masked_url(url: str) -> str:
+    """A store URL without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def run(config: Config, config_path: Path | None) -> int:

@@ -20,20 +20,23 @@ from lbd.resilience.breaker import CircuitBreaker
 from lbd.resilience.outlier import OutlierDetector
 from lbd.resilience.retry import RetryBudget, RetryPolicy
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "served_versions"]
 
 log = logging.getLogger("lbd.runtime")
 BackendKey = tuple[str, str, str, int, float]
 
 
 class Runtime:
-    __slots__ = ("config", "pools", "router", "backends")
+    __slots__ = ("config", "pools", "router", "backends", "model_versions")
 
     def __init__(self, config: Config, pools: dict[str, Pool], backends: dict[BackendKey, Backend]) -> None:
         self.config = config
         self.pools = pools
         self.router = Router(pools, config.effective_default_pool)
         self.backends = backends
+        self.model_versions = served_versions(config)
+        """``(pool, model) -> version`` for the models lbd's own workers serve: part of
+        cache keys, so changing a version in the file retires that model's answers."""
 
     @classmethod
     def build(cls, config: Config, *, previous: Runtime | None = None,
@@ -126,3 +129,18 @@ class Runtime:
         """Backends of this runtime that the successor no longer has."""
         kept = set(map(id, successor.backends.values()))
         return [b for b in self.backends.values() if id(b) not in kept]
+
+
+def served_versions(config: Config) -> dict[tuple[str, str], str]:
+    """The configured version of each model each pool's workers serve (the highest, when
+    a pool's workers disagree during a rollout)."""
+    versions: dict[tuple[str, str], str] = {}
+    for name, pool in config.pools.items():
+        for backend in pool.backends:
+            if backend.worker is None:
+                continue
+            for model, spec in config.workers[backend.worker].models.items():
+                key = (name, model)
+                if key not in versions or int(versions[key]) < spec.version:
+                    versions[key] = str(spec.version)
+    return versions

@@ -56,6 +56,8 @@ class RequestInfo:
     body: bytes
     deadline: float | None = field(default=None, compare=False)
     """Loop time (``loop.time()``) past which a coalesced follower stops waiting."""
+    principal: str | None = None
+    """The tenant the proxy authenticated (the pool's API keys); it outranks the headers."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,12 @@ def key_fields(key: str) -> tuple[str, str, str]:
     return pool, model, tenant
 
 
-def tenant_of(headers: Mapping[str, str], header: str | None, from_api_key: bool) -> str:
-    """The tenant id: the configured header's value, else the API key, else "" (anonymous)."""
+def tenant_of(headers: Mapping[str, str], header: str | None, from_api_key: bool,
+              principal: str | None = None) -> str:
+    """The tenant id: the principal the proxy authenticated (``a:``), else the configured
+    header's value (``h:``), else the API key (``k:``), else "" (anonymous)."""
+    if principal:
+        return "a:" + principal
     if header is not None and headers.get(header):
         return "h:" + headers[header].strip()
     if from_api_key:

@@ -116,7 +116,7 @@ class ResponseCache:
 
     def _prepare(self, info: RequestInfo, route: PoolCacheConfig) -> Lookup:
         parsed = parse_body(info.body, info.headers)
-        tenant = tenant_of(info.headers, route.tenant.header, route.tenant.from_api_key)
+        tenant = tenant_of(info.headers, route.tenant.header, route.tenant.from_api_key, info.principal)
         key = exact_key(info, tenant, route.vary_headers, canonical_body(parsed))
         lookup = Lookup(reason="miss", key=key, info=info, route=route, tenant=tenant,
                         skip_store=request_directives(info.headers).skip_store)
@@ -263,10 +263,26 @@ class ResponseCache:
         self.stats["stale"] += 1
         return Hit(entry, "stale", lookup.key)
 
+    def stale_now(self, lookup: Lookup) -> Hit | None:
+        """:meth:`stale` without a store round trip: only the expired entry the lookup
+        itself found (the data plane's synchronous path). Ends this request's lead."""
+        self.release(lookup)
+        entry = lookup.stale_entry
+        if entry is None or lookup.route is None or not lookup.route.stale_if_error:
+            return None
+        if not entry.is_servable_stale(self._clock.now()):
+            return None
+        self.stats["stale"] += 1
+        return Hit(entry, "stale", lookup.key)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return self._max_entry_bytes
+
     # -- invalidation ---------------------------------------------------------------------------
     async def purge(self, pool: str | None = None, model: str | None = None, tenant: str | None = None) -> int:
-        """Drops entries of ``pool``, ``model``, ``tenant`` (as :func:`tenant_of` names it: ``h:``
-        header value or ``k:`` API key; ``""`` anonymous), or all; returns how many."""
+        """Drops entries of ``pool``, ``model``, ``tenant`` (as :func:`tenant_of` names it: ``a:``
+        the pool's authenticated tenant, ``h:`` header value or ``k:`` API key; ``""`` anonymous), or all; returns how many."""
         scope = Scope(pool, model, tenant)
         self.semantic.index.purge(scope)
         return await self._store.purge(scope)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
+from lbd.config.cache import CacheConfig, PoolCacheConfig
 from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig
 from lbd.config.security import AuthConfig, RateLimitConfig
 from lbd.config.tls import ListenerTLSConfig, UpstreamTLSConfig
@@ -297,6 +298,8 @@ class PoolConfig(Strict):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig | None = None
     rate_limit: RateLimitConfig | None = None
+    cache: PoolCacheConfig | None = None
+    """What this pool's answers are cached as; none (the default) caches nothing."""
     backends: list[BackendConfig] = Field(min_length=1)
 
     @property
@@ -331,6 +334,7 @@ class Config(Strict):
     pools: dict[str, PoolConfig] = Field(min_length=1)
     default_pool: str | None = None
     workers: dict[str, WorkerConfig] = {}
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("pools", "workers")
     @classmethod
@@ -361,6 +365,11 @@ class Config(Strict):
                     error(("pools", pool_name, "match", "models", index),
                           f"model {model!r} is already routed to pool {claimed[model]!r}")
                 claimed[model] = pool_name
+            semantic = pool.cache.semantic if pool.cache is not None else None
+            if semantic is not None and semantic.enabled and not isinstance(semantic.embedder, str):
+                if semantic.embedder.pool not in self.pools:
+                    error(("pools", pool_name, "cache", "semantic", "embedder", "pool"),
+                          f"no pool named {semantic.embedder.pool!r}; pools: {', '.join(self.pools)}")
         addresses = [parse_address(listener.address) for listener in self.listen]
         for index, address in enumerate(addresses):
             if address in addresses[:index]:

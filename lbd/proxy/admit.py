@@ -21,8 +21,8 @@ __all__ = ["Admission"]
 
 
 class Admission(Request):
-    """The admission steps; :class:`~lbd.proxy.exchange.Exchange` provides ``pool``,
-    ``fail`` and ``_attempt``."""
+    """The admission steps; :class:`~lbd.proxy.exchange.Exchange` provides ``pool`` and
+    ``fail``, :class:`~lbd.proxy.cached.Cached` the next stage, ``_proceed``."""
 
     __slots__ = ("tenant", "_pending", "_extra_fields")
 
@@ -65,7 +65,7 @@ class Admission(Request):
         self.pool.budget.record_request()  # type: ignore[union-attr]
         if self.fields.expect_continue:
             self.client.write(CONTINUE_100)
-        self._attempt()
+        self._proceed()
 
     def _await(self, coro, then) -> None:
         """Run an asynchronous step (a Redis call) and continue with ``then(result)``; the

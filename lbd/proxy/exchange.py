@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from lbd.proxy.admission import priority_of
 from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, response_head
 from lbd.proxy.http import LAST_CHUNK, chunk, error_response
-from lbd.proxy.admit import Admission
+from lbd.proxy.cached import Cached
 from lbd.proxy.request import REPLAY_LIMIT
 from lbd.proxy.outbox import flush
 from lbd.proxy.upstream import UpstreamConnection, open_connection
@@ -44,7 +44,7 @@ _SUCCESS = Outcome.SUCCESS
 _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
 
 
-class Exchange(Admission):
+class Exchange(Cached):
     """A request, admitted, and the attempts to get it answered."""
 
     __slots__ = (
@@ -274,6 +274,15 @@ class Exchange(Admission):
         if status >= 500 or status == 429:
             if self._retry_status(pool, status, retry_after):
                 return
+        if status >= 500 and self.cache_lookup is not None:
+            stale = self._stale_hit()
+            if stale is not None:  # the last try failed too: an expired answer beats an error
+                conn, self.upstream = self.upstream, None
+                self._end_attempt(outcome_of_status(status))
+                if conn is not None:
+                    conn.close()
+                self._serve_stale(stale)
+                return
         self.status = status
         self.response_started = True
         conn = self.upstream
@@ -293,6 +302,8 @@ class Exchange(Admission):
             out += (b"x-request-id: ", self.fields.request_id, b"\r\n")  # type: ignore[arg-type]
         if self.retries:
             out.append(b"x-lbd-attempts: %d\r\n" % (self.retries + 1))
+        if self.cache_status is not None:
+            out.append(self._cache_head(status, headers))
         for name, value in self._extra_fields:
             out += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
@@ -322,10 +333,14 @@ class Exchange(Admission):
 
     def on_response_body(self, data: bytes) -> None:
         self.client.write(chunk(data) if self.response_chunked else data)
+        if self._capture is not None:
+            self._capture_body(data)
 
     def on_response_end(self, conn: UpstreamConnection, upstream_keep_alive: bool) -> None:
         if self.response_chunked:
             self.client.write(LAST_CHUNK)
+        if self._capture is not None:
+            self._cache_store()
         self.upstream = None
         conn.detach()
         if upstream_keep_alive and self.request_done:
@@ -375,6 +390,7 @@ class Exchange(Admission):
     def _abort_response(self) -> None:
         """The response head is out: the only honest signal left is closing the connection."""
         self._end_attempt(_LOCAL)
+        self._cache_release()
         self.keep_alive = False
         self.finished = True
         self.client.abort_after_write()
@@ -401,9 +417,17 @@ class Exchange(Admission):
         if conn is not None:
             conn.close()
         self._end_attempt(None)
+        self._cache_release()
 
     def fail(self, status: int, code: str, message: str, *extra_headers: tuple[bytes, bytes]) -> None:
-        """Answer with a JSON error; only possible before the response head went out."""
+        """Answer with a JSON error; only possible before the response head went out. When
+        every try upstream failed, an expired cached answer may be served instead."""
+        if status >= 502 and self.cache_lookup is not None:
+            stale = self._stale_hit()
+            if stale is not None:
+                self._cancel_timer()
+                self._serve_stale(stale)
+                return
         if not self.request_done:
             self.keep_alive = False
         self.status = status
@@ -414,4 +438,6 @@ class Exchange(Admission):
     def _finish(self) -> None:
         self.finished = True
         self._cancel_timer()
+        if self.cache_lookup is not None:
+            self._cache_release()
         self.client.exchange_done(self)

@@ -21,7 +21,7 @@ REPLAY_LIMIT = 64 * 1024
 
 class Request:
     __slots__ = ("client", "method", "url", "headers", "keep_alive", "fields", "request_done", "finished",
-                 "_buffer", "_buffered", "_replayable", "_path")
+                 "_buffer", "_buffered", "_replayable", "_path", "_raw", "_body_waiter")
 
     upstream: UpstreamConnection | None
 
@@ -40,6 +40,10 @@ class Request:
         self._buffered = 0
         self._replayable = True
         self._path: str | None = None
+        self._raw: list[bytes] | None = [] if self.fields.body_mode == BODY_CHUNKED else None
+        """A chunked body as sent, without its framing (``_buffer`` holds it framed)."""
+        self._body_waiter = None
+        """Called once the body is complete or too large to keep (a stage that needs it)."""
 
     # -- what balancers and the router read (lbd.balancing.base.RequestView) ---------------
     @property
@@ -91,6 +95,15 @@ class Request:
         return None
 
     # -- request body (from the client) --------------------------------------------------
+    @property
+    def body(self) -> bytes | None:
+        """The whole body, once received, if it was small enough to keep; else ``None``."""
+        if not (self.request_done and self._replayable):
+            return None
+        if self.fields.body_mode == BODY_NONE:
+            return b""
+        return b"".join(self._raw if self._raw is not None else self._buffer)
+
     def on_request_body(self, data: bytes) -> None:
         if self.finished:
             return
@@ -100,20 +113,25 @@ class Request:
             self._buffered += len(framed)
             if self._buffered > REPLAY_LIMIT:
                 self._replayable = False
+                self._raw = None
+            elif self._raw is not None:
+                self._raw.append(data)
             if conn is None or self._replayable:
                 self._buffer.append(framed)
         if conn is not None:
             conn.write(framed)
         elif not self._replayable:
             self.client.pause_reading_for_body()  # bounded until a connection takes it
+            if self._body_waiter is not None:
+                self._body_waiter()
 
     def on_request_end(self) -> None:
         self.request_done = True
-        if self.finished or self.fields.body_mode != BODY_CHUNKED:
-            return
-        conn = self.upstream
-        if conn is None or self._replayable:
-            self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
-        if conn is not None:
-            conn.write(LAST_CHUNK)
-
+        if not self.finished and self.fields.body_mode == BODY_CHUNKED:
+            conn = self.upstream
+            if conn is None or self._replayable:
+                self._buffer.append(LAST_CHUNK)  # sent on attach, or kept for a replay
+            if conn is not None:
+                conn.write(LAST_CHUNK)
+        if self._body_waiter is not None:
+            self._body_waiter()

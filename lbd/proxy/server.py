@@ -40,6 +40,9 @@ class ProxyServer:
         self.refused_connections = 0
         self.requests = 0
         self.metrics = Metrics(self)
+        self.cache = None
+        """The :class:`~lbd.cache.ResponseCache` pools with a ``cache:`` section use (set by
+        the daemon; it outlives reloads)."""
         self._servers: list[asyncio.AbstractServer] = []
         self._janitor: asyncio.Task | None = None
         self.bound: list[tuple[str, int]] = []
@@ -89,7 +92,7 @@ class ProxyServer:
                 exchange.request_id.decode("latin-1"), exchange.client_ip, exchange.method.decode("latin-1"),
                 exchange.path, exchange.status, exchange.pool.name if exchange.pool else None,
                 exchange.served_by or None, exchange.retries + 1 if exchange.tried else 0, duration,
-                None, exchange.tenant,
+                exchange.cache_status, exchange.tenant,
             ))
 
     def admit_connection(self, conn: ClientConnection) -> bool:
