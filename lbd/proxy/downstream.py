@@ -18,6 +18,7 @@ from lbd.proxy.http import error_response
 from lbd.proxy.outbox import Corked, flush
 
 if TYPE_CHECKING:
+    from lbd.proxy.internal import Internal
     from lbd.proxy.server import ProxyServer
 
 __all__ = ["ClientConnection"]
@@ -39,7 +40,7 @@ class ClientConnection(Corked, asyncio.Protocol):
         "_out",
         "server", "loop", "transport", "parser", "client_ip", "client_ip_bytes", "scheme",
         "http11", "current", "receiving", "queue", "closing", "last_active", "head_started",
-        "_url", "_headers", "_header_bytes", "_paused", "_write_paused", "_body_bytes",
+        "_url", "_headers", "_header_bytes", "_paused", "_write_paused", "_body_bytes", "internal",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -64,6 +65,8 @@ class ClientConnection(Corked, asyncio.Protocol):
         self._write_paused = False
         self._body_bytes = 0
         self._out: list[bytes] | None = None
+        self.internal: Internal | None = None
+        """Set on the connections of requests lbd sends itself (:mod:`lbd.proxy.internal`)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -78,7 +78,11 @@ class Exchange(Cached):
         """Route, set the deadline, and start the first attempt."""
         client = self.client
         self.started = time.monotonic()
-        self.pool = pool = client.server.runtime.router.route(self)
+        internal = client.internal
+        if internal is None:
+            self.pool = pool = client.server.runtime.router.route(self)
+        else:
+            self.pool = pool = internal.route(self, client.server)
         if pool is None:
             self.fail(404, "no_route", f"no pool serves {self.path}")
             return
@@ -86,7 +90,9 @@ class Exchange(Cached):
         if self.fields.timeout_ms is not None:
             total = self.fields.timeout_ms / 1000.0
         self.deadline = client.loop.time() + total if total > 0 else float("inf")
-        if pool.auth is not None and not self._authenticate(pool):
+        if internal is not None and internal.tenant is not None:
+            self.tenant = internal.tenant  # authenticated when it was first received
+        elif pool.auth is not None and not self._authenticate(pool):
             return
         limiter = pool.limiter
         if limiter is None:
