@@ -31,6 +31,9 @@ ENTRYPOINT ["lbd-worker"]
 CMD ["--config", "/etc/lbd/worker.yaml"]
 
 FROM runtime AS lbd
+# The semantic cache's in-process embedder (int8 MiniLM), built now so a read-only root
+# filesystem is fine at run time.
+RUN python -c "from lbd.cache.embedder import quantized_minilm; quantized_minilm()"
 EXPOSE 8080 9901
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
   CMD python -c "import socket; socket.create_connection(('127.0.0.1', 8080), 2)"

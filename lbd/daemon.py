@@ -50,8 +50,14 @@ class Daemon:
         runtime = Runtime.build(self.config)
         self.proxy = ProxyServer(runtime, loop)
         self.proxy.metrics.follow_reloads(self)
+        try:
+            await self._apply_cache(self.config, None)  # before listening: no request meets a cold embedder
+        except Exception as exc:  # noqa: BLE001 - say why in one line, as for a bad config
+            log.error("cannot start the response cache", extra={"error": repr(exc)})
+            if self.fleet is not None:
+                await self.fleet.stop()
+            return 1
         await self.proxy.start()
-        await self._apply_cache(self.config, None)
         if self.config.admin.enabled:
             self.admin = await self._start_admin()
         await runtime.start_health()  # READY only once every backend was probed
@@ -127,23 +133,33 @@ class Daemon:
 
         assert self.proxy is not None
         routes = [pool.cache for pool in config.pools.values() if pool.cache is not None and pool.cache.enabled]
-        old = self.cache
+        old = cache = self.cache
         if not routes:
-            self.proxy.cache = self.cache = None
+            cache = None
         elif old is None or previous is None or previous.cache != config.cache:
             from lbd.cache import build_cache
 
-            self.cache = build_cache(config.cache, pool_embedder=self._pool_embedder)
-            await self.cache.start()
-            log.info("response cache ready", extra={"store": _masked_url(config.cache.store)})
-        if self.cache is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.cache.warm, routes)
-            if old is self.cache and previous is not None:
+            cache = build_cache(config.cache, pool_embedder=self._pool_embedder)
+        if cache is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, cache.warm, routes)
+            except Exception:
+                if cache is not old:
+                    await cache.close()
+                raise
+            if cache is not old:
+                await cache.start()
+                log.info("response cache ready", extra={"store": _masked_url(config.cache.store)})
+        self.cache = cache
+        if cache is not None:
+            if old is cache and previous is not None:
                 dropped = await self.cache.drop_changed_models(served_versions(previous), served_versions(config))
                 if dropped:
                     log.info("cache: dropped the answers of models whose version changed", extra={"dropped": dropped})
         self.proxy.cache = self.cache
         if old is not None and old is not self.cache:
+            for kind, count in old.error_counts().items():  # counters stay monotonic across the swap
+                self.proxy.metrics.cache_error(kind, count)
             asyncio.get_running_loop().call_later(5.0, lambda: asyncio.ensure_future(old.close()))
 
     def _pool_embedder(self, pool: str, model: str | None, timeout: float):
@@ -151,12 +167,16 @@ class Daemon:
         health checks and retries like any client."""
         from lbd.cache import PoolEmbedder
 
-        assert self.proxy is not None
+        models = self.config.pools[pool].match.models if pool in self.config.pools else []
+        return PoolEmbedder(self._own_url, model or (models[0] if models else pool), timeout=timeout)
+
+    def _own_url(self) -> str:
+        """This lbd's first plain-HTTP listener, as a client on this host reaches it."""
+        assert self.proxy is not None and self.proxy.bound
         host, port = next(((h, p) for (h, p), listener in zip(self.proxy.bound, self.config.listen)
                            if listener.tls is None), self.proxy.bound[0])
         host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-        models = self.config.pools[pool].match.models if pool in self.config.pools else []
-        return PoolEmbedder(f"http://{host}:{port}", model or (models[0] if models else pool), timeout=timeout)
+        return f"http://{host}:{port}"
 
     @staticmethod
     def _check_certificates(config: Config) -> None:
@@ -191,9 +211,15 @@ class Daemon:
             self.last_reload_errors = [f"{exc.source}: {message}" for message in exc.messages]
             log.error("reload refused: the file is not valid; nothing changed", extra={"errors": exc.messages})
             return False
+        try:
+            await self._apply_cache(config, self.config)
+        except Exception as exc:  # noqa: BLE001 - an embedder that cannot load refuses the reload
+            self.reload_failures += 1
+            self.last_reload_errors = [f"cache: {exc}"]
+            log.error("reload refused: the cache cannot start; nothing changed", extra={"error": str(exc)})
+            return False
         if config.workers != self.config.workers:
             await self._apply_workers(config)
-        await self._apply_cache(config, self.config)
         await runtime.start_health(previous=self.proxy.runtime)
         self.proxy.swap(runtime)
         self.config = config

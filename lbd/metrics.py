@@ -133,9 +133,10 @@ class Metrics:
         key = (pool, result)
         self.cache_requests[key] = self.cache_requests.get(key, 0) + 1
 
-    def cache_error(self, kind: str) -> None:
-        """A cache store or embedder failure of ``kind`` (``timeout``, ``connection``, ...)."""
-        self.cache_errors[kind] = self.cache_errors.get(kind, 0) + 1
+    def cache_error(self, kind: str, count: int = 1) -> None:
+        """``count`` cache failures of ``kind`` (``store``, ``embedder``, ``internal``) that the
+        live cache no longer reports (it was replaced by a reload)."""
+        self.cache_errors[kind] = self.cache_errors.get(kind, 0) + count
 
     def follow_reloads(self, stats: ReloadStats) -> None:
         """Export the reload counters ``stats`` (the daemon) keeps; read at scrape time."""
@@ -249,8 +250,10 @@ class _Collector:
             lookups.add_metric((pool, result), count)
         errors = CounterMetricFamily("lbd_cache_errors", "Cache store and embedder failures by kind.",
                                      labels=("kind",))
-        for kind, count in sorted(metrics.cache_errors.items()):
-            errors.add_metric((kind,), count)
+        cache = getattr(metrics.source, "cache", None)
+        live = cache.error_counts() if cache is not None else {}
+        for kind in sorted(live.keys() | metrics.cache_errors.keys()):
+            errors.add_metric((kind,), live.get(kind, 0) + metrics.cache_errors.get(kind, 0))
         yield lookups
         yield errors
 

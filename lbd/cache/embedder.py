@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -169,14 +170,17 @@ def _load(quantized: bool, threads: int, model_dir: Path | None):
 
 
 class PoolEmbedder:
-    """Embeds through a KServe pool: ``base_url`` (the proxy's own listener, or a backend),
+    """Embeds through a KServe pool: ``base_url`` (the proxy's own listener, or a backend; a
+    callable is asked on first use),
     ``model`` (default ``minilm``), ``timeout`` seconds per call (default 0.2)."""
 
     dimensions = 384
 
-    def __init__(self, base_url: str, model: str = "minilm", *, timeout: float = 0.2) -> None:
+    def __init__(self, base_url: str | Callable[[], str], model: str = "minilm", *, timeout: float = 0.2) -> None:
         self.name = f"pool:{model}"
-        self._url = f"{base_url.rstrip('/')}/v2/models/{model}/infer"
+        self._base_url = base_url
+        self._model = model
+        self._url = ""
         self._timeout = timeout
         self._session = None
 
@@ -184,6 +188,8 @@ class PoolEmbedder:
         import aiohttp
 
         if self._session is None:
+            base = self._base_url if isinstance(self._base_url, str) else self._base_url()  # known once listening
+            self._url = f"{base.rstrip('/')}/v2/models/{self._model}/infer"
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}],
                 "outputs": [{"name": "embedding"}]}

@@ -275,6 +275,13 @@ class ResponseCache:
         self.stats["stale"] += 1
         return Hit(entry, "stale", lookup.key)
 
+    def error_counts(self) -> dict[str, int]:
+        """Failures so far, by kind: ``store`` (Redis calls that failed or timed out),
+        ``embedder``, ``internal`` (a lookup or store that raised)."""
+        store_stats = getattr(self._store, "stats", None)
+        return {"store": getattr(store_stats, "errors", 0), "embedder": self.stats["embedder-error"],
+                "internal": self.stats["errors"]}
+
     @property
     def max_entry_bytes(self) -> int:
         return self._max_entry_bytes

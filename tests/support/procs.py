@@ -99,12 +99,13 @@ def start_upstream(tmp: Path, name: str, port: int | None = None, *extra: str) -
     return proc, port
 
 
-def start_lbd(tmp: Path, config_text: str, port: int, name: str = "lbd") -> Proc:
+def start_lbd(tmp: Path, config_text: str, port: int, name: str = "lbd", *, env: dict[str, str] | None = None,
+              timeout: float = 15.0) -> Proc:
     config = tmp / f"{name}.yaml"
     config.write_text(config_text)
-    proc = Proc([sys.executable, "-m", "lbd", "serve", "--config", str(config)], tmp / f"{name}.log")
+    proc = Proc([sys.executable, "-m", "lbd", "serve", "--config", str(config)], tmp / f"{name}.log", env=env)
     try:
-        wait_port(port)
+        wait_port(port, timeout)
     except TimeoutError:
         proc.stop()
         raise AssertionError(f"lbd did not start:\n{proc.output()}") from None

@@ -10,6 +10,7 @@ Every response carries ``x-upstream: NAME``. Endpoints:
   GET /slow?delay=S       answers after S seconds
   GET /status/CODE        answers CODE with a JSON body
   GET /close              answers with ``connection: close``
+  *   /cc?value=V         like /echo, with ``Cache-Control: V`` on the answer
   GET /stats              how many requests this server answered (itself not counted)
 With ``--fail-status 503`` every request but /stats gets that status.
 """
@@ -40,6 +41,12 @@ async def echo(request: web.Request) -> web.Response:
         "body": body.decode("utf-8", "replace") if len(body) < 4096 else None,
         "peer_port": request.transport.get_extra_info("peername")[1] if request.transport else None,
     })
+
+
+async def cache_control(request: web.Request) -> web.Response:
+    response = await echo(request)
+    response.headers["cache-control"] = request.query.get("value", "")
+    return response
 
 
 async def sink(request: web.Request) -> web.Response:
@@ -119,6 +126,7 @@ def make_app(name: str, fail_status: int = 0, retry_after: str = "") -> web.Appl
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_route("*", "/v2/{tail:.*}", echo)
+    app.router.add_route("*", "/cc", cache_control)
     app.router.add_post("/sink", sink)
     app.router.add_get("/bytes", stream_bytes)
     app.router.add_get("/sse", sse)
