@@ -222,6 +222,8 @@ class Daemon:
             await self._apply_workers(config)
         await runtime.start_health(previous=self.proxy.runtime)
         self.proxy.swap(runtime)
+        if config.log.level != self.config.log.level:
+            logging.getLogger().setLevel(config.log.level.upper())
         self.config = config
         self.reloads += 1
         self.last_reload_errors = []

@@ -187,3 +187,28 @@ workers:
         assert served_by() == {"b"}
     finally:
         proc.stop(30)
+
+
+def test_the_log_level_follows_the_file(tmp_path):
+    upstream, upstream_port = start_upstream(tmp_path, "u")
+    port = free_port()
+    quiet = config(port, [upstream_port], "round_robin").replace("log: {access: false}",
+                                                                 "log: {access: false, level: warning}")
+    proc = start_lbd(tmp_path, quiet, port)
+    try:
+        path = tmp_path / "lbd.yaml"
+        path.write_text(config(port, [upstream_port], "least_connections"))  # level: info (the default)
+        proc.signal(signal.SIGHUP)
+        wait_for(lambda: '"msg":"reloaded"' in proc.output(), timeout=15, what="an info line after the reload")
+        path.write_text(quiet)
+        proc.signal(signal.SIGHUP)
+        time.sleep(1.0)
+        path.write_text(config(port, [upstream_port], "random").replace("log: {access: false}",
+                                                                       "log: {access: false, level: warning}"))
+        proc.signal(signal.SIGHUP)
+        time.sleep(1.0)
+        # Back at warning: neither later reload logs its info line (the level changes first).
+        assert proc.output().count('"msg":"reloaded"') == 1, proc.output()
+    finally:
+        proc.stop()
+        upstream.stop()
