@@ -41,6 +41,7 @@ class ClientConnection(Corked, asyncio.Protocol):
         "server", "loop", "transport", "parser", "client_ip", "client_ip_bytes", "scheme",
         "http11", "current", "receiving", "queue", "closing", "last_active", "head_started",
         "_url", "_headers", "_header_bytes", "_paused", "_write_paused", "_body_bytes", "internal",
+        "closing_reason",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -66,6 +67,8 @@ class ClientConnection(Corked, asyncio.Protocol):
         self._body_bytes = 0
         self._out: list[bytes] | None = None
         self.internal: Internal | None = None
+        self.closing_reason: tuple[int, str, str] | None = None
+        """A refusal to send once the request being answered is done (see :meth:`_reject`)."""
         """Set on the connections of requests lbd sends itself (:mod:`lbd.proxy.internal`)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -92,7 +95,7 @@ class ClientConnection(Corked, asyncio.Protocol):
         flush()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.closing_reason is not None:
             return
         self.last_active = self.loop.time()
         try:
@@ -110,7 +113,8 @@ class ClientConnection(Corked, asyncio.Protocol):
             else:
                 raise
         except httptools.HttpParserUpgrade:
-            self._reject(501, "upgrade_unsupported", "protocol upgrades are not supported")
+            # The request just parsed is the one asking to upgrade: it must not go on.
+            self._reject(501, "upgrade_unsupported", "protocol upgrades are not supported", defer=False)
         except httptools.HttpParserError as exc:
             self._reject(400, "bad_request", f"malformed request: {exc}")
 
@@ -210,6 +214,9 @@ class ClientConnection(Corked, asyncio.Protocol):
             return
         self.current = None
         self.server.observe(exchange)
+        if self.closing_reason is not None and not self.closing:
+            self._refuse(*self.closing_reason)
+            return
         if not exchange.keep_alive or self.closing:
             self.close_now()
             return
@@ -258,17 +265,33 @@ class ClientConnection(Corked, asyncio.Protocol):
         if not self._paused and not self.closing:
             self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def _reject(self, status: int, code: str, message: str) -> None:
+    def _reject(self, status: int, code: str, message: str, *, defer: bool = True) -> None:
         """A request the parser or the limits refuse: answer, then close (its framing is
         not trustworthy, so nothing after it on this connection is either)."""
-        if self.current is not None and self.current.response_started:
+        current = self.current
+        if defer and current is not None and current is not self.receiving and not current.finished:
+            # A bad request pipelined behind one already read whole: that one is answered
+            # first, then this refusal, then the connection closes.
+            for exchange in (self.receiving, *self.queue):
+                if exchange is not None and exchange is not current:
+                    exchange.on_client_lost()
+            self.receiving = None
+            self.queue.clear()
+            current.keep_alive = False
+            self._pause(_PAUSE_PIPELINE)
+            self.closing_reason = (status, code, message)
+            return
+        if current is not None and current.response_started:
             self.abort_after_write()
             return
-        for exchange in (self.current, self.receiving, *self.queue):
+        for exchange in (current, self.receiving, *self.queue):
             if exchange is not None:
                 exchange.on_client_lost()
         self.current = self.receiving = None
         self.queue.clear()
+        self._refuse(status, code, message)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
         self.write(error_response(status, code, message, self.server.request_ids.next(), keep_alive=False))
         self.server.count_rejected(status)
         self.close_now()

@@ -87,3 +87,23 @@ def test_inflight_counters_return_to_zero(upstreams):
         assert sum(b.requests for b in backends) == 10
 
     run_with_proxy(upstreams["a"], scenario)
+
+
+def test_a_bad_request_pipelined_behind_a_good_one_waits_for_its_answer(upstreams):
+    """The good request was read whole: it is answered, then the refusal, then the close."""
+    async def scenario(server: ProxyServer, port: int) -> None:
+        raw = (b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)  # to EOF: the proxy closes after the refusal
+        writer.close()
+        first, _, rest = data.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200"), data[:200]
+        assert b'"slept": true' in rest
+        refusal = rest[rest.index(b"HTTP/1.1 "):]
+        assert refusal.startswith(b"HTTP/1.1 400") and b"connection: close" in refusal.lower()
+        assert sum(b.inflight for b in server.runtime.pools["web"].backends) == 0
+
+    run_with_proxy(upstreams["a"], scenario)
