@@ -12,6 +12,7 @@ from lbd.admin import AdminServer
 from lbd.config import Config, ConfigError, load_config
 from lbd.config.watch import ConfigWatcher
 from lbd.log import setup_logging
+from lbd.mps import MpsUnavailable
 from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
 from lbd.systemd import Notifier
@@ -46,7 +47,11 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        await self._start_workers()
+        try:
+            await self._start_workers()
+        except MpsUnavailable as exc:
+            log.error("cannot start the workers: fleet.mps is on", extra={"error": str(exc)})
+            return 1
         runtime = Runtime.build(self.config)
         self.proxy = ProxyServer(runtime, loop)
         self.proxy.metrics.follow_reloads(self)
@@ -107,7 +112,7 @@ class Daemon:
             return
         from lbd.fleet import Fleet  # the fleet is optional: plain-HTTP deployments skip it
 
-        self.fleet = Fleet(self.config.workers)
+        self.fleet = Fleet(self.config.workers, mps=self.config.fleet.mps)
         await self.fleet.start()
         await self.fleet.wait_ready(timeout=300.0)
 
@@ -115,7 +120,7 @@ class Daemon:
         from lbd.fleet import Fleet
 
         if self.fleet is None:
-            self.fleet = Fleet(config.workers)
+            self.fleet = Fleet(config.workers, mps=config.fleet.mps)
             await self.fleet.start()
         else:
             await self.fleet.apply(config.workers)

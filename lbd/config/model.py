@@ -323,6 +323,15 @@ class PoolConfig(Strict):
         return self
 
 
+class FleetConfig(Strict):
+    """How the local workers (``workers:``) run together. ``mps``: ``auto`` (default) starts
+    an NVIDIA MPS daemon of lbd's own when two or more workers share a CUDA device and
+    ``nvidia-cuda-mps-control`` is installed, so their kernels run side by side instead of
+    taking turns; ``on`` also refuses to start without it; ``off`` never starts one."""
+
+    mps: Literal["auto", "on", "off"] = "auto"
+
+
 class Config(Strict):
     """The whole daemon configuration (see ``conf/lbd.example.yaml`` for every key)."""
 
@@ -334,6 +343,7 @@ class Config(Strict):
     pools: dict[str, PoolConfig] = Field(min_length=1)
     default_pool: str | None = None
     workers: dict[str, WorkerConfig] = {}
+    fleet: FleetConfig = FleetConfig()
     cache: CacheConfig = CacheConfig()
 
     @field_validator("pools", "workers")

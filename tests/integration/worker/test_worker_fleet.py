@@ -46,6 +46,9 @@ def test_fleet_starts_prefixes_restarts_and_stops(model_dir):
         for name in ("w0", "w1"):
             assert (await asyncio.to_thread(_infer, *fleet.address(name))).shape == (1,)
         assert any(line.startswith("[worker w0] lbd-worker ready on") for line in lines)
+        # Several workers on one host: each tokenizes on its own thread, not on every core.
+        environ = Path(f"/proc/{fleet.workers['w1'].pid}/environ").read_bytes().split(b"\0")
+        assert b"TOKENIZERS_PARALLELISM=false" in environ
         assert any(line.startswith("[worker w1] ") and "execution provider" in line for line in lines)
 
         crashed = fleet.workers["w0"].pid
