@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from lbd.balancing.base import Balancer, RequestView
+from lbd.balancing.base import Balancer, RequestView, needs_body
 from lbd.config.model import PoolConfig, TimeoutsConfig, UpstreamConfig
 from lbd.proxy.tiers import Tiers
 from lbd.resilience.breaker import CircuitBreaker
@@ -111,7 +111,7 @@ class Pool:
     are in more than one tier: a balancer per tier under a draw of the tier.
     """
 
-    __slots__ = ("name", "config", "backends", "balancer", "tiers", "timeouts", "outlier", "retry",
+    __slots__ = ("name", "config", "backends", "balancer", "tiers", "needs_body", "timeouts", "outlier", "retry",
                  "budget", "max_inflight", "queue", "panic", "checker", "auth", "limiter")
 
     def __init__(self, name: str, config: PoolConfig, backends: Iterable[Backend], balancer: Balancer, *,
@@ -122,6 +122,8 @@ class Pool:
         self.backends = tuple(backends)
         self.balancer = balancer
         self.tiers = balancer if isinstance(balancer, Tiers) else None
+        self.needs_body = needs_body(balancer)
+        """The balancer reads the request body: the exchange waits for it before picking."""
         self.timeouts: TimeoutsConfig = config.timeouts
         self.outlier = outlier
         self.retry = retry

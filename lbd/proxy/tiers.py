@@ -23,7 +23,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from lbd.balancing.base import Backend, Balancer, RequestView
+from lbd.balancing.base import Backend, Balancer, RequestView, needs_body
 
 __all__ = ["Tiers", "priority_loads"]
 
@@ -52,7 +52,7 @@ class Tiers:
     balancer (``candidates``, ``observe``), so ``Pool.select`` is the same for one tier or
     many; a pool of one tier does not have one."""
 
-    __slots__ = ("levels", "members", "loads", "_balancers", "_balancer_of", "_overprovisioning",
+    __slots__ = ("levels", "members", "loads", "needs_body", "_balancers", "_balancer_of", "_overprovisioning",
                  "_random", "_bounds", "_usable")
 
     def __init__(self, levels: Sequence[int], members: Sequence[Sequence[Backend]], balancers: Sequence[Balancer],
@@ -63,6 +63,7 @@ class Tiers:
         self._balancers = tuple(balancers)
         self._balancer_of = {backend: balancer for backends, balancer in zip(self.members, self._balancers)
                              for backend in backends}
+        self.needs_body = any(needs_body(balancer) for balancer in self._balancers)
         self._overprovisioning = round(overprovisioning_factor * 100)
         self._random = rng.random
         self._usable = [len(backends) for backends in self.members]

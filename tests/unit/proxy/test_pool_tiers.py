@@ -83,6 +83,12 @@ def test_a_pool_of_one_tier_has_no_tier_layer():
     assert pool.tiers.levels == (0, 1) and [len(m) for m in pool.tiers.members] == [2, 1]
 
 
+def test_a_body_reading_balancer_makes_the_pool_wait_for_bodies_with_or_without_tiers():
+    assert _pool([0, 1], algorithm="prefix_affinity").needs_body
+    assert _pool([0, 0], algorithm="prefix_affinity").needs_body
+    assert not _pool([0, 1]).needs_body and not _pool([0, 0]).needs_body
+
+
 def test_tier_numbers_need_not_be_contiguous():
     pool = _pool([5, 2, 2, 9])
     assert pool.tiers.levels == (2, 5, 9)
