@@ -10,12 +10,14 @@ import random
 from collections.abc import Mapping
 
 from lbd.balancing import registry
+from lbd.balancing.base import Balancer
 from lbd.clock import MONOTONIC, Clock
 from lbd.config.model import BackendConfig, Config, PoolConfig, parse_address
 from lbd.health.checker import HealthChecker
 from lbd.proxy.admission import AdmissionQueue
 from lbd.proxy.pool import Backend, Pool
 from lbd.proxy.router import Router
+from lbd.proxy.tiers import Tiers
 from lbd.resilience.breaker import CircuitBreaker
 from lbd.resilience.outlier import OutlierDetector
 from lbd.resilience.retry import RetryBudget, RetryPolicy
@@ -54,7 +56,7 @@ class Runtime:
 
     @staticmethod
     def _pool(name: str, config: PoolConfig, members: list[Backend], rng: random.Random, clock: Clock) -> Pool:
-        balancer = registry.build(config.balancer.algorithm, members, config.balancer.options, rng=rng, clock=clock)
+        balancer = Runtime._balancer(config, members, rng, clock)
         limits = config.limits
         queue = AdmissionQueue(limits.queue, limits.queue_timeout, limits.retry_after) if limits.queue else None
         pool = Pool(name, config, members, balancer,
@@ -71,6 +73,21 @@ class Runtime:
             pool.checker = HealthChecker(name, members, config.health, models=config.match.models, clock=clock,
                                          rng=rng, on_transition=pool.on_health_transition)
         return pool
+
+    @staticmethod
+    def _balancer(config: PoolConfig, members: list[Backend], rng: random.Random, clock: Clock) -> Balancer | Tiers:
+        """The pool's balancer; with backends in several tiers, one per tier under a
+        :class:`Tiers` (built anew on every reload, as balancers are)."""
+        def build(backends: list[Backend]) -> Balancer:
+            return registry.build(config.balancer.algorithm, backends, config.balancer.options, rng=rng, clock=clock)
+
+        levels = sorted({spec.tier for spec in config.backends})
+        if len(levels) == 1:
+            return build(members)
+        groups = [[member for member, spec in zip(members, config.backends) if spec.tier == level]
+                  for level in levels]
+        return Tiers(levels, groups, [build(group) for group in groups],
+                     overprovisioning_factor=config.tiers.overprovisioning_factor, rng=rng)
 
     @staticmethod
     def _backend(pool: str, pool_config: PoolConfig, spec: BackendConfig, config: Config,

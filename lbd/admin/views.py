@@ -39,6 +39,7 @@ def _pool_view(pool: Pool) -> dict[str, Any]:
     return {
         "algorithm": pool.config.balancer.algorithm,
         "panic": pool.panic,
+        "tiers": pool.tiers.snapshot() if pool.tiers is not None else None,
         "health_checked": pool.checker is not None,
         "queue": None if queue is None else {"waiting": len(queue), "size": queue.size, "admitted": queue.admitted,
                                              "shed_full": queue.shed_full, "shed_timeout": queue.shed_timeout},

@@ -5,7 +5,7 @@ built with :func:`build`; third-party algorithms register under the ``lbd.balanc
 entry point group.
 """
 
-from lbd.balancing.base import Backend, Balancer, BalancerOptions, NoOptions, RequestView
+from lbd.balancing.base import Backend, Balancer, BalancerOptions, NoOptions, RequestView, needs_body
 from lbd.balancing.registry import (
     ENTRY_POINT_GROUP,
     BalancerPluginError,
@@ -21,6 +21,7 @@ __all__ = [
     "Balancer",
     "BalancerOptions",
     "NoOptions",
+    "needs_body",
     "ENTRY_POINT_GROUP",
     "UnknownBalancer",
     "BalancerPluginError",

@@ -15,7 +15,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict
 
 
-__all__ = ["Backend", "RequestView", "Balancer", "BalancerOptions", "NoOptions"]
+__all__ = ["Backend", "RequestView", "Balancer", "BalancerOptions", "NoOptions", "needs_body"]
 
 
 class Backend(Protocol):
@@ -53,6 +53,12 @@ class RequestView(Protocol):
         """A cookie's value from the ``Cookie`` header; ``None`` when absent."""
         ...
 
+    def body_prefix(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the request body as received so far, without transfer
+        framing; ``b""`` when there is none. Only a balancer with ``needs_body = True`` is
+        sure to see it whole (or its first 64 KiB); others are asked before it arrives."""
+        ...
+
 
 class BalancerOptions(BaseModel):
     """Base of each algorithm's own options: frozen, and unknown keys are errors."""
@@ -71,6 +77,10 @@ class Balancer(Protocol):
     Built once per runtime (every reload builds a new one) as
     ``cls(backends, options, rng=..., clock=...)``. Randomness and time come only from the
     injected ``rng`` and ``clock`` so tests are exact.
+
+    A balancer that reads the request body declares the class attribute ``needs_body =
+    True`` (absent means ``False``; see :func:`needs_body`): the proxy then asks it only once
+    the body is complete or 64 KiB of it is buffered, which holds the request that long.
     """
 
     Options: ClassVar[type[BalancerOptions]]
@@ -90,6 +100,11 @@ class Balancer(Protocol):
         """Feedback after each attempt: seconds from send to response head (or failure),
         and whether it succeeded. Algorithms that do not learn ignore it."""
         ...
+
+
+def needs_body(balancer: object) -> bool:
+    """Whether ``balancer`` (a class or an instance) must see the request body to choose."""
+    return bool(getattr(balancer, "needs_body", False))
 
 
 def default_rng() -> random.Random:

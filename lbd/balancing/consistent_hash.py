@@ -20,9 +20,7 @@ by weight and still respect the bound.
 
 from __future__ import annotations
 
-import math
 import random
-from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
@@ -33,9 +31,6 @@ from lbd.balancing.base import Backend, BalancerOptions, RequestView
 from lbd.clock import Clock
 
 __all__ = ["ConsistentHash", "ConsistentHashOptions"]
-
-# ceil() of a float such as 1.25 * 8 / 4 may land a hair above an integer; this keeps it there.
-_ROUNDING = 1e-9
 
 
 class ConsistentHashOptions(BalancerOptions):
@@ -49,9 +44,7 @@ class ConsistentHashOptions(BalancerOptions):
     @field_validator("table_size")
     @classmethod
     def _prime(cls, size: int) -> int:
-        if any(size % divisor == 0 for divisor in range(2, math.isqrt(size) + 1)):
-            raise ValueError(f"must be a prime (Maglev needs one), such as 65537; got {size}")
-        return size
+        return _hash_tables.require_prime(size)
 
     @field_validator("bounded_load")
     @classmethod
@@ -85,85 +78,27 @@ def _key_reader(options: ConsistentHashOptions) -> Callable[[RequestView], str |
 
 
 class ConsistentHash:
-    """Ring or Maglev placement; the pick is O(log n) (ring) or O(1) (Maglev) while the
-    hashed backend is idle, and O(n) to read the pool's load once it is busy."""
+    """Ring or Maglev placement (:class:`~lbd.balancing._hash_tables.HashTable`); the pick is
+    O(log n) (ring) or O(1) (Maglev) while the hashed backend is idle, and O(n) to read the
+    pool's load once it is busy."""
 
     Options = ConsistentHashOptions
-    __slots__ = ("_backends", "_rng", "_read_key", "_points", "_owners", "_factor", "_walk_limit")
+    __slots__ = ("_rng", "_read_key", "_table")
 
     def __init__(
         self, backends: Sequence[Backend], options: ConsistentHashOptions, *,
         rng: random.Random, clock: Clock,
     ) -> None:
-        self._backends = tuple(backends)
         self._rng = rng
         self._read_key = _key_reader(options)
-        self._factor = options.bounded_load
-        names = [backend.name for backend in self._backends]
-        weights = [backend.weight for backend in self._backends]
-        if options.method == "ring":
-            self._points, self._owners = _hash_tables.ring(names, weights, options.virtual_nodes)
-        else:
-            self._points, self._owners = None, _hash_tables.maglev(names, weights, options.table_size)
-        # Positions walked to collect distinct fallbacks before taking the rest in list
-        # order: a few times the coupon collector's n * H(n), and never a whole Maglev table.
-        self._walk_limit = min(len(self._owners), 8 * len(self._backends) + 64)
+        self._table = _hash_tables.HashTable(backends, options.method, virtual_nodes=options.virtual_nodes,
+                                             table_size=options.table_size, bounded_load=options.bounded_load)
 
     def candidates(self, request: RequestView) -> Iterator[Backend]:
-        start = self._start(request)
-        first = self._owners[start]
-        if self._factor is not None and self._backends[first].inflight:
-            yield from self._bounded(start)  # only a busy backend can be over its bound
-            return
-        yield self._backends[first]
-        for index in self._walk(start + 1, {first}):
-            yield self._backends[index]
-
-    def _start(self, request: RequestView) -> int:
+        # A generator, so the key is read (and a keyless request's random point drawn) only
+        # when the first candidate is asked for.
         key = self._read_key(request)
-        point = _hash_tables.hash64(key) if key else self._rng.getrandbits(64)
-        if self._points is None:
-            return point % len(self._owners)
-        position = bisect_right(self._points, point)
-        return position if position < len(self._points) else 0
-
-    def _walk(self, position: int, seen: set[int]) -> Iterator[int]:
-        """Distinct owners from ``position`` on, then any not met, in list order."""
-        owners = self._owners
-        for step in range(self._walk_limit):
-            index = owners[(position + step) % len(owners)]
-            if index not in seen:
-                seen.add(index)
-                yield index
-                if len(seen) == len(self._backends):
-                    return
-        yield from (index for index in range(len(self._backends)) if index not in seen)
-
-    def _bounded(self, start: int) -> Iterator[Backend]:
-        """The first backend on the walk under its bound, then the rest of the walk, then
-        the backends passed over. If none fits (rounding), the hashed owner is the pick."""
-        backends = self._backends
-        scale = self._capacity_scale()
-        walk = self._walk(start, set())
-        passed_over = []
-        for index in walk:
-            backend = backends[index]
-            if backend.inflight + 1 <= math.ceil(scale * backend.weight - _ROUNDING):
-                yield backend
-                break
-            passed_over.append(backend)
-        for index in walk:
-            yield backends[index]
-        yield from passed_over
-
-    def _capacity_scale(self) -> float:
-        """``bounded_load * (total_inflight + 1) / total_weight``; times a weight, a capacity."""
-        total_inflight = 0
-        total_weight = 0.0
-        for backend in self._backends:
-            total_inflight += backend.inflight
-            total_weight += backend.weight
-        return self._factor * (total_inflight + 1) / total_weight
+        yield from self._table.candidates(_hash_tables.hash64(key) if key else self._rng.getrandbits(64))
 
     def observe(self, backend: Backend, latency: float, ok: bool) -> None:
         """Consistent hashing reads in-flight counts; it does not learn from latency."""

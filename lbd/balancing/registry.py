@@ -30,6 +30,7 @@ _BUILTIN = {
     "least_connections": "lbd.balancing.least_connections:LeastConnections",
     "peak_ewma": "lbd.balancing.peak_ewma:PeakEwma",
     "power_of_two_choices": "lbd.balancing.power_of_two_choices:PowerOfTwoChoices",
+    "prefix_affinity": "lbd.balancing.prefix_affinity:PrefixAffinity",
     "random": "lbd.balancing.random_choice:WeightedRandom",
     "round_robin": "lbd.balancing.round_robin:RoundRobin",
     "weighted_round_robin": "lbd.balancing.weighted_round_robin:WeightedRoundRobin",

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
 from lbd.config.cache import CacheConfig, PoolCacheConfig
-from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig
+from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig, TiersConfig
 from lbd.config.security import AuthConfig, RateLimitConfig
 from lbd.config.tls import ListenerTLSConfig, UpstreamTLSConfig
 from lbd.units import Duration, Size
@@ -207,13 +207,15 @@ class BalancerConfig(BaseModel):
 class BackendConfig(Strict):
     """One backend: ``url`` (``http://host:port``) or ``worker`` (a name under ``workers:``).
 
-    Defaults: weight 1; name: ``host:port`` or the worker's name.
+    Defaults: weight 1; name: ``host:port`` or the worker's name; tier 0 (the first to take
+    traffic; a higher tier takes what a degraded lower one cannot, see ``TiersConfig``).
     """
 
     url: str | None = None
     worker: str | None = None
     weight: float = Field(1.0, gt=0, le=1_000_000)
     name: str | None = None
+    tier: int = Field(0, ge=0, le=1000)
 
     @field_validator("url")
     @classmethod
@@ -300,6 +302,7 @@ class PoolConfig(Strict):
     rate_limit: RateLimitConfig | None = None
     cache: PoolCacheConfig | None = None
     """What this pool's answers are cached as; none (the default) caches nothing."""
+    tiers: TiersConfig = TiersConfig()
     backends: list[BackendConfig] = Field(min_length=1)
 
     @property

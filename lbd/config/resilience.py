@@ -1,9 +1,9 @@
 """Typed config of a pool's resilience: health checks, outlier detection, circuit breaker,
-retries and admission limits.
+retries, admission limits and priority tiers.
 
 Each model is frozen and forbids unknown keys; defaults are filled first, then checked, and
 every error says which key is wrong. The pool model holds one of each under
-``health:``, ``outlier:``, ``breaker:``, ``retry:`` and ``limits:``.
+``health:``, ``outlier:``, ``breaker:``, ``retry:``, ``limits:`` and ``tiers:``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from lbd.units import Duration
 
 __all__ = [
     "HealthConfig", "CanaryConfig", "OutlierConfig", "BreakerConfig", "RetryConfig",
-    "BackoffConfig", "BudgetConfig", "LimitsConfig", "RetryOn", "RETRY_ON",
+    "BackoffConfig", "BudgetConfig", "LimitsConfig", "TiersConfig", "RetryOn", "RETRY_ON",
 ]
 
 RetryOn = Literal["connect_failure", "reset", "timeout", "5xx", "gateway_error", "retriable_status"]
@@ -106,7 +106,8 @@ class OutlierConfig(_Strict):
     ``decay_interval`` 10s spent back in rotation forgets one past ejection. At most
     ``max_ejection_percent`` 50 of the pool is ejected at once. When fewer than
     ``panic_threshold`` 50 percent of the pool is usable, the pool routes to all backends
-    rather than to none (0 turns panic mode off).
+    rather than to none (0 turns panic mode off); in a pool with tiers, when fewer than that
+    share of every tier is usable.
     """
 
     enabled: bool = True
@@ -224,3 +225,17 @@ class LimitsConfig(_Strict):
         if not value or any(c in value for c in " :\t\r\n"):
             raise ValueError(f"not a header name: {value!r}")
         return value.lower()
+
+
+class TiersConfig(_Strict):
+    """How traffic spills from a pool's first tier to the next (backends' ``tier``; Envoy's
+    priority levels).
+
+    Default: ``overprovisioning_factor`` 1.4. A tier's health is the share of its backends
+    that are usable times this factor, capped at 100%: tier 0 takes that share of the
+    requests, the next tier the rest up to its own health, and so on (scaled up when the
+    healths add up to less than 100%). With 1.4, a tier keeps all its traffic while at least
+    5/7 (71.4%) of it is usable. Must be >= 1.0 (a healthy first tier then takes everything).
+    """
+
+    overprovisioning_factor: float = Field(1.4, ge=1.0, le=100.0)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from lbd.balancing.base import Balancer, RequestView
+from lbd.balancing.base import Balancer, RequestView, needs_body
 from lbd.config.model import PoolConfig, TimeoutsConfig, UpstreamConfig
+from lbd.proxy.tiers import Tiers
 from lbd.resilience.breaker import CircuitBreaker
 from lbd.resilience.outlier import OutlierDetector
 from lbd.resilience.retry import RetryBudget, RetryPolicy
@@ -104,10 +105,14 @@ class Backend:
 
 
 class Pool:
-    """Backends, the balancer over them, and the pool's resilience state."""
+    """Backends, the balancer over them, and the pool's resilience state.
 
-    __slots__ = ("name", "config", "backends", "balancer", "timeouts", "outlier", "retry", "budget",
-                 "max_inflight", "queue", "panic", "checker", "auth", "limiter")
+    ``balancer`` is a :class:`~lbd.proxy.tiers.Tiers` (also in ``tiers``) when the backends
+    are in more than one tier: a balancer per tier under a draw of the tier.
+    """
+
+    __slots__ = ("name", "config", "backends", "balancer", "tiers", "needs_body", "timeouts", "outlier", "retry",
+                 "budget", "max_inflight", "queue", "panic", "checker", "auth", "limiter")
 
     def __init__(self, name: str, config: PoolConfig, backends: Iterable[Backend], balancer: Balancer, *,
                  outlier: OutlierDetector, retry: RetryPolicy, budget: RetryBudget,
@@ -116,6 +121,9 @@ class Pool:
         self.config = config
         self.backends = tuple(backends)
         self.balancer = balancer
+        self.tiers = balancer if isinstance(balancer, Tiers) else None
+        self.needs_body = needs_body(balancer)
+        """The balancer reads the request body: the exchange waits for it before picking."""
         self.timeouts: TimeoutsConfig = config.timeouts
         self.outlier = outlier
         self.retry = retry
@@ -148,7 +156,11 @@ class Pool:
 
     def refresh(self) -> None:
         """Recount usable backends (on health transitions, ejections, and every janitor tick,
-        which also ends expired ejections) and enter or leave panic mode."""
+        which also ends expired ejections) and enter or leave panic mode; with tiers, split
+        the traffic between them again (never per request)."""
+        if self.tiers is not None:
+            self.panic = self.tiers.refresh(self.usable, self.outlier.in_panic)
+            return
         usable = sum(1 for backend in self.backends if self.usable(backend))
         self.panic = self.outlier.in_panic(usable, len(self.backends))
 

@@ -94,6 +94,19 @@ class Request:
                 return value
         return None
 
+    def body_prefix(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the body received and kept so far, without chunked
+        framing: ``b""`` once a body too large to keep has been forwarded."""
+        if self._raw is not None:
+            parts = self._raw
+        elif self.fields.body_mode == BODY_CHUNKED:
+            # Past REPLAY_LIMIT only the framed pieces are kept, as chunk() made them
+            # (LAST_CHUNK unframes to b"").
+            parts = [part[part.index(b"\r\n") + 2:-2] for part in self._buffer]
+        else:
+            parts = self._buffer
+        return b"".join(parts)[:size]
+
     # -- request body (from the client) --------------------------------------------------
     @property
     def body(self) -> bytes | None:

@@ -37,17 +37,22 @@ class FakeRequest:
         path: str = "/",
         headers: Mapping[str, str] | None = None,
         cookies: Mapping[str, str] | None = None,
+        body: bytes = b"",
     ) -> None:
         self.client_ip = client_ip
         self.path = path
         self._headers = dict(headers or {})
         self._cookies = dict(cookies or {})
+        self.body = body
 
     def header(self, name: str) -> str | None:
         return self._headers.get(name)
 
     def cookie(self, name: str) -> str | None:
         return self._cookies.get(name)
+
+    def body_prefix(self, size: int) -> bytes:
+        return self.body[:size]
 
 
 def make_backends(*weights: float) -> list[FakeBackend]:

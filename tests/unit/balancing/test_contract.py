@@ -25,15 +25,16 @@ from lbd.clock import ManualClock
 from .conftest import SEED, FakeBackend, FakeRequest, build_balancer, make_backends, pick
 
 BUILTIN = [
-    "consistent_hash", "least_connections", "peak_ewma", "power_of_two_choices",
+    "consistent_hash", "least_connections", "peak_ewma", "power_of_two_choices", "prefix_affinity",
     "random", "round_robin", "weighted_round_robin",
 ]
 ALL_NAMES = names()
 
 
 def _requests(count: int) -> list[FakeRequest]:
-    """Distinct clients, so hashing algorithms see many keys."""
-    return [FakeRequest(client_ip=f"10.0.{index // 256}.{index % 256}") for index in range(count)]
+    """Distinct clients and prompts, so hashing algorithms see many keys."""
+    return [FakeRequest(client_ip=f"10.0.{index // 256}.{index % 256}", body=b'{"prompt": "question %d"}' % index)
+            for index in range(count)]
 
 
 def test_every_builtin_is_registered():

@@ -411,3 +411,100 @@ def test_least_connections_falls_back_by_load_not_by_list_order():
     order = list(balancer.candidates(FakeRequest()))
     assert order[0] is backends[0]
     assert order[1:] == [backends[2], backends[3], backends[1]]
+
+
+# --- prefix affinity ---------------------------------------------------------------------------
+
+SYSTEM_PROMPT = "You are a careful assistant; answer in one paragraph. " * 6  # 324 characters
+
+
+def _prompt(prefix: int, suffix: int) -> FakeRequest:
+    """Conversations ``prefix`` share their first 256 characters and differ after them."""
+    text = f"conversation {prefix:04d}: {SYSTEM_PROMPT}" + f"turn {suffix}"
+    return FakeRequest(path="/v1/completions", body=b'{"prompt": "%s"}' % text.encode())
+
+
+def test_prefix_affinity_keeps_each_prefix_on_one_backend_when_load_allows():
+    """An idle pool: 10,000 requests over 200 prefixes, each with its own ending. Every
+    prefix lands on one backend, and the prefixes spread over all of them."""
+    backends = make_backends(1, 1, 1, 1)
+    balancer = build_balancer("prefix_affinity", backends)
+    rng = random.Random(13)
+    homes: dict[int, set[str]] = {}
+    for _ in range(PICKS):
+        prefix = rng.randrange(200)
+        homes.setdefault(prefix, set()).add(pick(balancer, _prompt(prefix, rng.randrange(10**6))).name)
+    assert all(len(names) == 1 for names in homes.values())
+    per_backend = Counter(next(iter(names)) for names in homes.values())
+    assert set(per_backend) == {b.name for b in backends}
+    assert all(25 <= count <= 75 for count in per_backend.values()), per_backend
+
+
+@pytest.mark.parametrize("method", ["ring", "maglev"])
+def test_prefix_affinity_spills_a_hot_prefix_only_when_its_bound_forces_it(method):
+    """Requests pile up (none finish), half of them on one hot prefix. A prefix leaves its
+    owner only when the owner is at ceil(1.25 * (total + 1) / n); it then goes to the next
+    backend on the table that has room, and no backend ever exceeds the bound."""
+    backends = make_backends(1, 1, 1, 1, 1)
+    balancer = build_balancer("prefix_affinity", backends, {"method": method})
+    owners = {prefix: list(balancer.candidates(_prompt(prefix, 0))) for prefix in range(100)}
+    rng = random.Random(17)
+    spills = 0
+    for total in range(3000):
+        prefix = 0 if rng.random() < 0.5 else rng.randrange(1, 100)
+        chosen = pick(balancer, _prompt(prefix, rng.randrange(10**6)))
+        order = owners[prefix]
+        capacity = math.ceil(1.25 * (total + 1) / len(backends) - 1e-9)
+        for ahead in order[:order.index(chosen)]:  # each passed over was full
+            assert ahead.inflight + 1 > capacity
+        spills += chosen is not order[0]
+        chosen.inflight += 1
+        assert all(backend.inflight <= capacity for backend in backends)
+    assert spills > 0  # the hot prefix did fill its owner
+
+
+def _service_model(load_factor: float | None) -> tuple[list[str], Counter, float, int]:
+    """One arrival per tick, each held 40 ticks on average (5 in flight per backend); 30% of
+    the traffic shares one prefix, the rest is spread over 399. Returns the hot prefix's walk,
+    where its requests went, the share of the others served by their owner, and the peak
+    in-flight count of any backend."""
+    backends = make_backends(*[1] * 8)
+    balancer = build_balancer("prefix_affinity", backends, {"load_factor": load_factor})
+    owners = {prefix: list(balancer.candidates(_prompt(prefix, 0))) for prefix in range(400)}
+    service = random.Random(7)
+    departures: list[tuple[int, int]] = []
+    hot: Counter = Counter()
+    cold_home = cold = peak = 0
+    for tick in range(PICKS):
+        while departures and departures[0][0] <= tick:
+            backends[heapq.heappop(departures)[1]].inflight -= 1
+        prefix = 0 if service.random() < 0.3 else service.randrange(1, 400)
+        chosen = pick(balancer, _prompt(prefix, tick))
+        if prefix == 0:
+            hot[chosen.name] += 1
+        else:
+            cold += 1
+            cold_home += chosen is owners[prefix][0]
+        chosen.inflight += 1
+        peak = max(peak, chosen.inflight)
+        heapq.heappush(departures, (tick + math.ceil(service.expovariate(1 / 40)), backends.index(chosen)))
+    return [backend.name for backend in owners[0]], hot, cold_home / cold, peak
+
+
+@pytest.mark.parametrize("load_factor, at_home", [(1.25, 0.7), (2.0, 0.9)])
+def test_prefix_affinity_spills_a_hot_prefix_along_its_walk_under_a_service_model(load_factor, at_home):
+    """The hot prefix uses its owner most and spills to the next backends of its walk, in
+    order, never across the whole pool; the other prefixes mostly stay home. A tighter
+    bound moves more of them: with 5 in flight per backend, ceil(1.25 * mean) is often hit
+    by chance alone."""
+    walk, hot, cold_at_home, peak = _service_model(load_factor)
+    assert hot.most_common(1)[0][0] == walk[0], hot
+    assert set(hot) <= set(walk[:len(hot)]) and len(hot) < len(walk), (walk, hot)
+    assert cold_at_home >= at_home, cold_at_home
+    assert peak <= 2.5 * 5 * load_factor
+
+
+def test_prefix_affinity_without_a_bound_piles_the_hot_prefix_on_one_backend():
+    walk, hot, cold_at_home, peak = _service_model(None)
+    assert set(hot) == {walk[0]} and cold_at_home == 1.0
+    assert peak > 4 * 5  # 30% of the traffic against a fair share of 12.5%
