@@ -168,20 +168,23 @@ class Daemon:
             asyncio.get_running_loop().call_later(5.0, lambda: asyncio.ensure_future(old.close()))
 
     def _pool_embedder(self, pool: str, model: str | None, timeout: float):
-        """Embeds through lbd's own listener, so the embedder pool gets the balancer,
-        health checks and retries like any client."""
-        from lbd.cache import PoolEmbedder
+        """Embeds through one of this lbd's pools, as an internal request (the pool's
+        balancer, health checks and retries apply; no socket, no route to match)."""
+        from lbd.cache.embedder import RoutedEmbedder
+        from lbd.proxy.internal import Internal, dispatch
+
+        internal = Internal(pool=pool, tag="embedder")
+        # no-cache, no-store: the embedding request must not enter the cache (whose lookup
+        # would embed again).
+        headers = [("content-type", "application/json"), ("cache-control", "no-cache, no-store")]
+
+        async def send(name: str, body: bytes) -> tuple[int, bytes]:
+            assert self.proxy is not None
+            response = await dispatch(self.proxy, "POST", f"/v2/models/{name}/infer", headers, body, internal=internal)
+            return response.status, response.body
 
         models = self.config.pools[pool].match.models if pool in self.config.pools else []
-        return PoolEmbedder(self._own_url, model or (models[0] if models else pool), timeout=timeout)
-
-    def _own_url(self) -> str:
-        """This lbd's first plain-HTTP listener, as a client on this host reaches it."""
-        assert self.proxy is not None and self.proxy.bound
-        host, port = next(((h, p) for (h, p), listener in zip(self.proxy.bound, self.config.listen)
-                           if listener.tls is None), self.proxy.bound[0])
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-        return f"http://{host}:{port}"
+        return RoutedEmbedder(send, model or (models[0] if models else pool), timeout=timeout)
 
     @staticmethod
     def _check_certificates(config: Config) -> None:

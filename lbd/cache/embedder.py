@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["InProcessEmbedder", "PoolEmbedder", "EmbedderError", "quantized_minilm"]
+__all__ = ["InProcessEmbedder", "PoolEmbedder", "RoutedEmbedder", "EmbedderError", "quantized_minilm"]
 
 _log = logging.getLogger("lbd.cache.embedder")
 _MAX_BATCH = 32
@@ -216,3 +216,33 @@ def _embedding_from(document: dict) -> np.ndarray:
             norm = float(np.linalg.norm(vector))
             return vector / norm if norm > 0 else vector
     raise EmbedderError("the response has no 'embedding' output")
+
+
+class RoutedEmbedder:
+    """Embeds through a KServe pool of this lbd, by way of ``send(model, body)``: a coroutine
+    the daemon makes from :func:`lbd.proxy.internal.dispatch` with the pool pinned, so the
+    embedding request gets the pool's balancer, health checks, retries and breakers without a
+    socket. It returns ``(status, body)``; ``timeout`` bounds each call (on expiry: a miss)."""
+
+    dimensions = 384
+
+    def __init__(self, send: Callable[[str, bytes], Awaitable[tuple[int, bytes]]], model: str, *,
+                 timeout: float = 0.2) -> None:
+        self.name = f"pool:{model}"
+        self._send = send
+        self._model = model
+        self._timeout = timeout
+
+    async def embed(self, text: str) -> np.ndarray:
+        body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}],
+                           "outputs": [{"name": "embedding"}]}).encode()
+        try:
+            status, payload = await asyncio.wait_for(self._send(self._model, body), self._timeout)
+        except asyncio.TimeoutError:
+            raise EmbedderError(f"pool embedder {self._model!r}: no answer within {self._timeout:g}s") from None
+        if status != 200:
+            raise EmbedderError(f"pool embedder {self._model!r} answered {status}: {payload[:200]!r}")
+        return _embedding_from(json.loads(payload))
+
+    async def close(self) -> None:
+        return None

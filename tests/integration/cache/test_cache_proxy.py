@@ -321,3 +321,42 @@ def _reloaded(admin: int) -> bool:
             if line.startswith("lbd_config_reloads_total") and 'result="success"' in line:
                 return float(line.rsplit(" ", 1)[1]) >= 1
     return False
+
+
+def test_a_pool_of_workers_can_be_the_embedder(fleet: Fleet, model_env) -> None:
+    """`embedder: {pool: minilm}`: lbd embeds through its own worker pool (internal requests)."""
+    port, admin, worker = free_port(), free_port(), free_port()
+    text = f"""
+listen: [{{address: "127.0.0.1:{port}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+log: {{level: warning, access: false}}
+pools:
+  minilm:
+    match: {{models: [minilm]}}
+    backends: [{{worker: w}}]
+  qa:
+    match: {{path_prefix: /echo}}
+    health: {{enabled: false}}
+    cache: {{semantic: {{embedder: {{pool: minilm, timeout: 5s}}}}}}
+    backends: [{{url: "http://127.0.0.1:{fleet.upstream}"}}]
+workers:
+  w:
+    listen: "127.0.0.1:{worker}"
+    device: cpu
+    intra_op_threads: 1
+    model_dir: "{model_env['LBD_MODEL_DIR']}"
+    models: {{minilm: {{}}}}
+"""
+    fleet.procs.append(start_lbd(fleet.tmp, text, port, "routed", env=model_env, timeout=180))
+    question = json.dumps({"prompt": "How do I change the color of the sidebar?"}).encode()
+    _, headers, original = request(port, "/echo/ask", question)
+    assert headers["x-lbd-cache"] == "miss"
+    paraphrase = json.dumps({"prompt": "How can I change the sidebar's color?"}).encode()
+    _, headers, body = request(port, "/echo/ask", paraphrase)
+    assert headers["x-lbd-cache"].startswith("hit-semantic") and body == original
+    # The embedding requests went to the worker pool and were not cached themselves.
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    served = [line for line in lines if line.startswith("lbd_requests_total") and 'pool="minilm"' in line]
+    assert served and sum(float(line.rsplit(" ", 1)[1]) for line in served) >= 2, served
+    assert not [line for line in lines if line.startswith("lbd_cache_requests_total") and 'pool="minilm"' in line]
