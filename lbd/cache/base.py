@@ -185,9 +185,10 @@ class VectorFeed(Protocol):
         ...
 
     def follow(self, on_add: VectorListener, on_purge: PurgeListener,
-               on_resync: Callable[[], Awaitable[None]]) -> None:
+               on_resync: Callable[[], Awaitable[None]], on_failure: Callable[[], None] | None = None) -> None:
         """Calls ``on_add`` for records other instances publish and ``on_purge`` for their
-        purges, within about a second; ``on_resync`` when updates may have been missed."""
+        purges, within about a second; ``on_resync`` when updates may have been missed;
+        ``on_failure`` each time the store could not be read (it keeps trying)."""
         ...
 
 

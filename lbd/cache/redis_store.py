@@ -191,11 +191,12 @@ class RedisStore:
         return records
 
     def follow(self, on_add: VectorListener, on_purge: PurgeListener,
-               on_resync: Callable[[], Awaitable[None]]) -> None:
-        self._follower = asyncio.get_running_loop().create_task(self._follow(on_add, on_purge, on_resync))
+               on_resync: Callable[[], Awaitable[None]], on_failure: Callable[[], None] | None = None) -> None:
+        self._follower = asyncio.get_running_loop().create_task(
+            self._follow(on_add, on_purge, on_resync, on_failure))
 
     async def _follow(self, on_add: VectorListener, on_purge: PurgeListener,
-                      on_resync: Callable[[], Awaitable[None]]) -> None:
+                      on_resync: Callable[[], Awaitable[None]], on_failure: Callable[[], None] | None) -> None:
         failures = 0
         while True:
             try:
@@ -210,6 +211,8 @@ class RedisStore:
                 failures += 1
                 if failures == 1:
                     _log.warning("redis cache feed interrupted: %r", error)
+                if on_failure is not None:
+                    on_failure()
                 base, cap = self._backoff
                 await asyncio.sleep(self._rng.uniform(base / 2, min(cap, base * 2 ** min(failures, 30))))
 

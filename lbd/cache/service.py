@@ -64,11 +64,25 @@ class ResponseCache:
         self._expirer: asyncio.Task | None = None
         self.stats: Counter[str] = Counter()
 
-    async def start(self, expire_every: float = 30.0) -> None:
+    async def start(self, expire_every: float = 30.0, load_timeout: float = 30.0) -> None:
         """Loads the shared index and follows other instances' additions (Redis only), and
-        drops expired texts from the index every ``expire_every`` seconds."""
+        drops expired texts from the index every ``expire_every`` seconds. Returns once the
+        index is loaded (so no request meets a half-loaded index), or once the first try
+        failed (Redis away: the follower keeps trying with backoff), or after ``load_timeout``."""
         if self._feed is not None:
-            self._feed.follow(self.semantic.on_add, self.semantic.on_purge, self.semantic.resync)
+            first_try = asyncio.Event()
+
+            async def resync() -> None:
+                try:
+                    await self.semantic.resync()
+                finally:
+                    first_try.set()
+
+            self._feed.follow(self.semantic.on_add, self.semantic.on_purge, resync, first_try.set)
+            try:
+                await asyncio.wait_for(first_try.wait(), load_timeout)
+            except asyncio.TimeoutError:
+                _log.warning("the shared cache index is still loading; serving meanwhile")
         self._expirer = asyncio.get_running_loop().create_task(self._expire_forever(expire_every))
 
     async def _expire_forever(self, every: float) -> None:
