@@ -49,7 +49,10 @@ _NUMBER = re.compile(r"(?:(?<=\bv)|(?<![\w.]))[-+]?\d[\d,]*(?:\.\d+)*(?![\w])")
 _ENUMERATOR = re.compile(r"(?:^|\n)\s*\(?\d{1,2}[.)]\s|(?<![\w.])\(?\d{1,2}\)\s")
 _VERSION = re.compile(r"[vV]?\d[\d.,]*")
 _ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "vs", "cf", "no"})
-_QUOTED = re.compile(r"`([^`]{1,80})`|\"([^\"]{1,80})\"|“([^”]{1,80})”|(?<!\w)'([^']{1,80})'(?!\w)")
+_QUOTED = re.compile(r"`([^`\n]+)`|\"([^\"\n]+)\"|“([^”\n]+)”|(?<!\w)'([^'\n]+)'(?!\w)")
+_QUOTED_MAX = 80
+"""Longer quoted spans are prose, not names. Spans pair left to right (as Markdown code spans
+do) before this bound applies, so the text between two long spans is never taken for one."""
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$|^\s*$|[\n(\[\"“]\s*$")
 _QUESTION = re.compile(r"[^.?!\n]*\?")
 _ASKS = {"why": "reason", "when": "time", "where": "place", "who": "person", "whom": "person", "whose": "person",
@@ -122,8 +125,8 @@ def _canonical_number(text: str) -> str:
 
 
 def _entities(text: str, tokens: list[tuple[str, int]]) -> frozenset[str]:
-    names = {_plain(next(group for group in match.groups() if group is not None).strip().lower())
-             for match in _QUOTED.finditer(text)}
+    quoted = (next(group for group in match.groups() if group is not None) for match in _QUOTED.finditer(text))
+    names = {_plain(span.strip().lower()) for span in quoted if len(span) <= _QUOTED_MAX}
     names.update(_plain(token.lower()) for token, start in tokens if _is_name(token, text[:start]))
     return frozenset(name for name in names if name and name not in _ABBREVIATIONS)
 
@@ -194,7 +197,19 @@ def _mentions(text: TextFeatures, name: str) -> bool:
         return _phrase_at(text.words, [_plain(part) for part in parts]) is not None
     if any(word.startswith(name) or _same_stem(name, word) for word in text.words):
         return True
-    return _is_acronym(name) and bool(_acronym_words(text, [name]))
+    if _is_acronym(name) and _acronym_words(text, [name]):
+        return True
+    return _qualified_mentioned(text, name)
+
+
+def _qualified_mentioned(text: TextFeatures, name: str) -> bool:
+    """A dotted name (``datasets.Metric``, ``Dataset.push_to_hub()``) is mentioned when its
+    last part is and every qualifier is a word of ``text``: "the Metric class of datasets"
+    names ``datasets.Metric``. Parts of one letter (``U.S.``) do not count."""
+    *qualifiers, last = name.split(".")
+    if not qualifiers or any(len(part) < 2 for part in (*qualifiers, last)):
+        return False
+    return all(part in text.words for part in qualifiers) and _mentions(text, last)
 
 
 def _same_stem(name: str, word: str) -> bool:

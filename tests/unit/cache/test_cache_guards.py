@@ -75,6 +75,36 @@ def test_entities_pass_the_same_names_reworded(a: str, b: str) -> None:
 
 
 @pytest.mark.parametrize("a, b", [
+    ("The parameters of the AudioClassification class of datasets are task and audio_column.",
+     "The parameters of the datasets.AudioClassification class are task and audio_column."),
+    ("Retrieve it from disk with `Dataset.load_from_disk()`.",
+     "Use the `load_from_disk` function of the `Dataset` class to retrieve it from disk."),
+    ("I'm scared of death.What do I do?", "I'm scared of death. What do I do?"),
+])
+def test_entities_pass_a_dotted_name_whose_parts_are_all_named(a: str, b: str) -> None:
+    assert check(a, b, ["entities"]) is None
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Call numpy.sum on the array", "Call math.sum on the array"),
+    ("What are some facts about politics?", "What are some facts about U.S. politics?"),
+    ("Load it with datasets.load_dataset", "Load it with load_dataset"),
+])
+def test_entities_decline_a_dotted_name_whose_qualifier_is_missing(a: str, b: str) -> None:
+    assert check(a, b, ["entities"]) == "entities"
+
+
+def test_quoted_spans_pair_left_to_right() -> None:
+    """The text between two code spans is not a quoted name, even when the first span is too
+    long to count as one."""
+    command = "`datasets-cli test path/to/<your-dataset-loading-script> --save_info --all_configs --with-more`"
+    a = f"Run {command} to generate the metadata of your dataset in `README.md`."
+    b = f"Generate the metadata in `README.md` with {command}."
+    assert check(a, b, ["entities"]) is None
+    assert "to generate the metadata of your dataset in" not in features(a).entities
+
+
+@pytest.mark.parametrize("a, b", [
     ("Can I become a pro boxer?", "How can I become a pro boxer?"),
     ("When did the Vikings reach America?", "Did the Vikings reach America?"),
     ("Why do dogs chew wood?", "How do dogs chew wood?"),
