@@ -6,9 +6,13 @@ of ``shared/data/semantic`` embedded by MiniLM, and, to reach the count, variati
 Then ``--queries`` real paraphrases go through :meth:`ResponseCache.lookup` one at a time, as
 the data plane calls it: exact key, then in-process MiniLM embedding (int8, one thread), HNSW
 search, guards, entry fetch. Reported: p50/p90/p99 of the whole lookup (wall clock, and the
-CPU time the process spent on it), of the embedding alone and of the index search alone,
-HNSW top-1 recall against brute force, and memory per entry (process RSS growth while
-filling, and the graph's own size).
+CPU time the process spent on it), of the embedding through ``embed()`` and of the model
+alone on the calling thread (their difference is the hand-over to the embedder's thread),
+of the index search alone, the lookup by query length in tokens, HNSW search time and top-1
+recall against brute force for each ``--ef-search``, memory per entry (process RSS growth
+while filling, and the graph's own size), and the load average before and after (the
+latencies depend on what else runs on the cores; the quality figures do not). The embedder
+remembers no vectors here (``remember=0``): every lookup runs the model.
 
     python bench/cache/lookup_speed.py --vectors /tmp/cache-vectors.npz
 """
@@ -78,6 +82,31 @@ async def fill(cache: ResponseCache, partition: str, texts: list[str], vectors: 
     await asyncio.get_running_loop().run_in_executor(None, cache.semantic.index.add_many, records)
 
 
+def by_length(tokens: list[int], lookups: list[float], models: list[float]) -> dict:
+    """Lookup and model times of the queries in each class of token count."""
+    found = {}
+    for name, low, high in (("up_to_16", 0, 16), ("17_to_32", 17, 32), ("33_to_64", 33, 64), ("over_64", 65, 10**6)):
+        rows = [n for n, count in enumerate(tokens) if low <= count <= high]
+        if rows:
+            found[name] = {"queries": len(rows), "lookup": percentiles([lookups[n] for n in rows]),
+                           "model_alone": percentiles([models[n] for n in rows])}
+    return found
+
+
+def search_with_ef(cache: ResponseCache, graph, partition: str, vectors: list[np.ndarray], exact: list[str],
+                   ef: int) -> dict:
+    """Search times with HNSW ``efSearch`` = ``ef``, and how often the nearest text is the
+    brute-force nearest (``exact``)."""
+    graph._index.hnsw.efSearch = ef
+    times, agree = [], 0
+    for vector, best in zip(vectors, exact):
+        started = time.perf_counter()
+        found = cache.semantic.index.search(partition, vector, 4, -1.0)
+        times.append(time.perf_counter() - started)
+        agree += found[0].record.text == best
+    return {"search": percentiles(times), "top1_recall": round(agree / len(vectors), 4)}
+
+
 async def measure(args: argparse.Namespace) -> dict:
     mock, qqp, negatives = load(Path(args.source))
     texts = {t.strip() for x in mock for t in (x["origin"], x["similar"])}
@@ -90,7 +119,7 @@ async def measure(args: argparse.Namespace) -> dict:
     cached = {text: vector for text, vector in table.items() if text not in {q.strip() for q in queries}}
     corpus_texts, corpus_vectors = corpus(cached, args.entries, rng)
 
-    embedder = InProcessEmbedder(threads=1)
+    embedder = InProcessEmbedder(threads=1, remember=0)  # every text embedded, even the warm-up's again
     cache = ResponseCache(MemoryStore(args.entries * 2, 2**34), embedders={"inprocess": embedder},
                           index=PartitionedIndex(hnsw_above=args.hnsw_above))
     probe = await cache.lookup(request("probe", "bench"), ROUTE)
@@ -102,7 +131,8 @@ async def measure(args: argparse.Namespace) -> dict:
 
     for text in queries[:20]:  # warm-up
         await cache.lookup(request(text, "bench"), ROUTE)
-    lookups, cpu, embeds, searches, kinds = [], [], [], [], {}
+    load_before = os.getloadavg()
+    lookups, cpu, embeds, models, searches, kinds, tokens = [], [], [], [], [], {}, []
     for text in queries:
         started, cpu_started = time.perf_counter(), time.process_time()
         lookup = await cache.lookup(request(text, "bench"), ROUTE)
@@ -113,22 +143,27 @@ async def measure(args: argparse.Namespace) -> dict:
         vector = await embedder.embed(text.strip())
         embeds.append(time.perf_counter() - started)
         started = time.perf_counter()
+        embedder._run([text.strip()])  # the model alone, on this thread: embed() less the hand-over
+        models.append(time.perf_counter() - started)
+        started = time.perf_counter()
         cache.semantic.index.search(partition, vector, 4, 0.0)
         searches.append(time.perf_counter() - started)
+        tokens.append(len(embedder._model.tokenizer.encode(text.strip()).ids))
+    load_after = os.getloadavg()
 
-    agree = 0
-    for text in queries:
-        vector = table[text.strip()]
-        exact = corpus_texts[int(np.argmax(corpus_vectors @ vector))]
-        agree += cache.semantic.index.search(partition, vector, 1, -1.0)[0].record.text == exact
+    by_tokens = by_length(tokens, lookups, models)
+    exact = [corpus_texts[int(np.argmax(corpus_vectors @ table[text.strip()]))] for text in queries]
+    ef_search = {ef: search_with_ef(cache, graph, partition, [table[text.strip()] for text in queries], exact, ef)
+                 for ef in args.ef_search}
     await embedder.close()
     return {
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_1_5_15": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
         "entries": len(cache.semantic.index), "index": type(graph).__name__, "queries": len(queries),
         "lookup": percentiles(lookups), "lookup_cpu_time": percentiles(cpu), "embedding": percentiles(embeds),
-        "index_search": percentiles(searches),
-        "outcomes": kinds, "hnsw_top1_recall": round(agree / len(queries), 4),
+        "embedding_model_alone": percentiles(models), "index_search": percentiles(searches),
+        "by_query_tokens": by_tokens, "outcomes": kinds, "ef_search": ef_search,
         "fill_seconds": round(fill_seconds, 1),
         "memory_per_entry_bytes": {"process_rss_growth": grown // len(corpus_texts),
                                    "hnsw_graph_and_vectors": getattr(graph, "memory_bytes", 0) // len(corpus_texts),
@@ -142,6 +177,8 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--hnsw-above", type=int, default=10_000)
+    parser.add_argument("--ef-search", type=lambda text: [int(x) for x in text.split(",")], default=[16, 32, 64],
+                        help="HNSW efSearch values to time and check against brute force (default 16,32,64)")
     parser.add_argument("--vectors", help="an .npz of the corpus embeddings (see eval.py --vectors)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()

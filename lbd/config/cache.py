@@ -6,11 +6,12 @@ every error names the key. Writing a ``semantic:`` section turns the semantic ca
 ``enabled`` defaults to true); a pool that omits it has only the exact cache.
 
 The semantic threshold's default, 0.92 cosine, comes from the sweep in
-``bench/cache/RESULTS.md``: with the guards and the ambiguity margin it is the lowest
-threshold that keeps false hits within the targets (QQP held-out <= 1%, hard negatives <= 3%,
-mock wrong <= 2% of hits). It does not reach the 80% paraphrase hit rate on the mock set
-(53%); a route whose traffic is like that set (documentation questions) can set 0.82 for
-80% at 1.5% wrong, at the price of ~4% false hits on short unrelated questions.
+``bench/cache/RESULTS.md`` (measured through ``lbd serve``): with the guards and the ambiguity
+margin it is the lowest threshold that keeps false hits within the targets (QQP held-out
+<= 1%, hard negatives <= 3%, mock wrong <= 2% of hits). It does not reach the 80% paraphrase
+hit rate on the mock set (54%), and no general rule tried there did; a route whose traffic is
+like that set (documentation sentences) can set 0.82 for 80% at 1.5% wrong, at the price of
+~4% false hits on short unrelated questions and ~9% on near-miss ones.
 """
 
 from __future__ import annotations
