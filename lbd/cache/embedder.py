@@ -118,6 +118,7 @@ class InProcessEmbedder:
         self._thread.start()
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._remember = remember
+        self._closed = False
         self.runs = 0
         """Texts the model embedded (for tests and benchmarks)."""
 
@@ -126,6 +127,8 @@ class InProcessEmbedder:
         if vector is not None:
             self._recent.move_to_end(text)
             return vector
+        if self._closed:
+            raise EmbedderError("the embedder is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.put((text, future, loop))
@@ -185,6 +188,8 @@ class InProcessEmbedder:
         return outputs[0]["embedding"]
 
     async def close(self) -> None:
+        """Stops the model's thread; texts still queued fail with :class:`EmbedderError`."""
+        self._closed = True
         self._queue.put(None)
 
 

@@ -1,10 +1,11 @@
-"""The in-process MiniLM: unit vectors, paraphrases close, concurrent calls batched."""
+"""The in-process MiniLM: unit vectors, paraphrases close, concurrent calls alike, repeats and abandoned work."""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
+import pytest
 
 
 def test_embeddings_are_unit_vectors_and_paraphrases_are_close(embedder) -> None:
@@ -66,3 +67,14 @@ def test_texts_nobody_waits_for_any_more_are_not_embedded(cache_model_dir) -> No
     assert vector.shape == (384,)
     assert embedder.runs <= 2  # the live one, and at most one the thread took before the cancels
     asyncio.run(embedder.close())
+
+
+def test_a_closed_embedder_refuses_at_once(cache_model_dir) -> None:
+    from lbd.cache.embedder import EmbedderError, InProcessEmbedder
+
+    embedder = InProcessEmbedder(model_dir=cache_model_dir)
+    async def scenario() -> None:
+        await embedder.close()
+        with pytest.raises(EmbedderError):
+            await asyncio.wait_for(embedder.embed("too late"), 5)
+    asyncio.run(scenario())
