@@ -136,8 +136,8 @@ class Processes:
         self.wait_cache()
 
     def wait_cache(self, timeout: float = 300.0) -> None:
-        """Until answers carry ``x-lbd-cache``: lbd listens before its cache is ready (the
-        embedder's model loads off the loop), and requests meanwhile skip the cache."""
+        """Until answers carry ``x-lbd-cache`` (a request that finds no cache ready skips it;
+        lbd builds the cache before it listens, older versions did not)."""
         import urllib.request
 
         body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["probe"]}]})
