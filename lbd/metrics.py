@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lbd.proxy.pool import Backend, Pool
     from lbd.runtime import Runtime
 
-__all__ = ["Metrics", "Source", "Observed", "ReloadStats", "BUCKETS", "backend_state", "FAMILIES"]
+__all__ = ["Metrics", "Source", "Observed", "ReloadStats", "PolicyCounts", "BUCKETS", "backend_state", "FAMILIES"]
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the request latency histogram: a cached answer to a long
@@ -50,6 +50,8 @@ FAMILIES = (
     "lbd_queue_waiting_requests", "lbd_queue_capacity_requests", "lbd_queue_shed_requests",
     "lbd_queue_admitted_requests", "lbd_cache_requests", "lbd_cache_errors", "lbd_config_reloads",
     "lbd_config_last_reload_successful", "lbd_config_last_reload_success_timestamp_seconds", "lbd_build_info",
+    "lbd_fallbacks", "lbd_cascade_answers", "lbd_cascade_escalations", "lbd_shadow_requests",
+    "lbd_shadow_responses", "lbd_shadow_duration_seconds", "lbd_shadow_comparisons",
 )
 """Every family this module exports (counters without their ``_total``)."""
 
@@ -102,6 +104,7 @@ class Metrics:
         self._retries: dict[str, int] = {}
         self.cache_requests: dict[tuple[str, str], int] = {}
         self.cache_errors: dict[str, int] = {}
+        self.policies = PolicyCounts()
         self.reload_stats: ReloadStats | None = None
         self.started_at = time.time()  # when the config in use before any reload was loaded
         self._continuity = _Continuity()
@@ -167,7 +170,13 @@ class Metrics:
         return self._cells.items()
 
     def retries_by_pool(self) -> Mapping[str, int]:
-        return self._retries
+        """Retries per pool, those of requests that then fell over to another pool included."""
+        if not self.policies.retries:
+            return self._retries
+        merged = dict(self._retries)
+        for pool, count in self.policies.retries.items():
+            merged[pool] = merged.get(pool, 0) + count
+        return merged
 
     def carried(self, key: tuple, owner: object, attribute: str) -> float:
         return self._continuity.value(key, owner, attribute)
@@ -210,6 +219,7 @@ class _Collector:
         yield from _BackendFamilies(metrics).build(runtime)
         yield from _PoolFamilies(metrics).build(runtime)
         yield from self._cache()
+        yield from _policy_families(metrics.policies)
         yield from self._reloads()
         yield _build_info()
 
@@ -270,6 +280,94 @@ class _Collector:
         loaded_at = stats.last_reload_time if stats and stats.last_reload_time else metrics.started_at
         yield GaugeMetricFamily("lbd_config_last_reload_success_timestamp_seconds", "When the config in use was "
                                 "loaded (Unix time).", value=loaded_at)
+
+
+class PolicyCounts:
+    """Counters of the routing policies (``lbd.proxy.policies``): fallbacks, cascade stages,
+    shadow copies. Plain dicts, written on the event loop like the request cells."""
+
+    __slots__ = ("fallbacks", "retries", "cascade_answers", "cascade_escalations", "shadow_requests",
+                 "shadow_responses", "shadow_comparisons")
+
+    def __init__(self) -> None:
+        self.fallbacks: dict[tuple[str, str, str], int] = {}
+        self.retries: dict[str, int] = {}
+        self.cascade_answers: dict[tuple[str, str, str], int] = {}
+        self.cascade_escalations: dict[tuple[str, str, str], int] = {}
+        self.shadow_requests: dict[tuple[str, str, str], int] = {}
+        self.shadow_responses: dict[tuple[str, str, str], list] = {}
+        self.shadow_comparisons: dict[tuple[str, str, str], int] = {}
+
+    @staticmethod
+    def _add(counts: dict, key: tuple) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+    def fallback(self, pool: str, to: str, reason: str, retries: int) -> None:
+        """A request fell over from ``pool`` to ``to`` because of ``reason`` (an error code,
+        or ``status_503``), after ``retries`` retries in ``pool``."""
+        self._add(self.fallbacks, (pool, to, reason))
+        if retries:
+            self.retries[pool] = self.retries.get(pool, 0) + retries
+
+    def cascade_answered(self, pool: str, stage: int, stage_pool: str) -> None:
+        self._add(self.cascade_answers, (pool, str(stage), stage_pool))
+
+    def cascade_escalated(self, pool: str, stage: int, reason: str) -> None:
+        """Stage ``stage``'s answer was passed over: ``rejected`` by the rule, or ``error``."""
+        self._add(self.cascade_escalations, (pool, str(stage), reason))
+
+    def shadow_request(self, pool: str, shadow: str, result: str) -> None:
+        """``sent``, ``dropped`` (too many in flight) or ``skipped`` (cannot be copied)."""
+        self._add(self.shadow_requests, (pool, shadow, result))
+
+    def shadow_response(self, pool: str, shadow: str, code: str, duration: float) -> None:
+        """A copy's status code (``error``, ``timeout``: none) and its duration in seconds."""
+        cell = self.shadow_responses.get((pool, shadow, code))
+        if cell is None:
+            cell = self.shadow_responses[(pool, shadow, code)] = [0] * _SUM + [0.0]
+        cell[bisect.bisect_left(BUCKETS, duration)] += 1
+        cell[_SUM] += duration
+
+    def shadow_compared(self, pool: str, shadow: str, result: str) -> None:
+        """``match``, ``mismatch`` or ``skipped``."""
+        self._add(self.shadow_comparisons, (pool, shadow, result))
+
+
+def _counter(name: str, documentation: str, labels: tuple[str, ...], counts: Mapping[tuple, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, count in sorted(counts.items()):
+        family.add_metric(key, count)
+    return family
+
+
+def _policy_families(counts: PolicyCounts) -> Iterator[Metric]:
+    yield _counter("lbd_fallbacks", "Requests a pool could not answer that went to the next pool of their "
+                   "route's fallback chain, by reason (an error code or status_NNN).", ("pool", "to", "reason"),
+                   counts.fallbacks)
+    yield _counter("lbd_cascade_answers", "Answers of cascade pools by the stage (1-based) that gave them.",
+                   ("pool", "stage", "stage_pool"), counts.cascade_answers)
+    yield _counter("lbd_cascade_escalations", "Cascade stages passed over, by reason (rejected: the accept "
+                   "rule; error: not 2xx).", ("pool", "stage", "reason"), counts.cascade_escalations)
+    yield _counter("lbd_shadow_requests", "Shadow copies by result (sent; dropped: too many in flight; "
+                   "skipped: body not kept or answered by another pool).", ("pool", "shadow", "result"),
+                   counts.shadow_requests)
+    responses = CounterMetricFamily("lbd_shadow_responses", "Shadow copies' answers by status code (error, "
+                                    "timeout: none came).", labels=("pool", "shadow", "code"))
+    merged: dict[tuple[str, str], list] = {}
+    for (pool, shadow, code), cell in sorted(counts.shadow_responses.items()):
+        responses.add_metric((pool, shadow, code), sum(cell[:_SUM]))
+        into = merged.setdefault((pool, shadow), [0] * _SUM + [0.0])
+        for index, value in enumerate(cell):
+            into[index] += value
+    duration = HistogramMetricFamily("lbd_shadow_duration_seconds", "Time shadow copies took, whatever "
+                                     "their answer.", labels=("pool", "shadow"))
+    for key, cell in merged.items():
+        duration.add_metric(key, _cumulative(cell), cell[_SUM])
+    yield responses
+    yield duration
+    yield _counter("lbd_shadow_comparisons", "Shadow answers compared with the primary's (both 2xx): match, "
+                   "mismatch, skipped (the compared field in neither).", ("pool", "shadow", "result"),
+                   counts.shadow_comparisons)
 
 
 def _cumulative(cell: list) -> list[tuple[str, float]]:

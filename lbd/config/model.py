@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
 from lbd.config.cache import CacheConfig, PoolCacheConfig
+from lbd.config.policies import CascadeConfig, FallbackConfig, ShadowConfig, policy_errors
 from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig, TiersConfig
 from lbd.config.security import AuthConfig, RateLimitConfig
 from lbd.config.tls import ListenerTLSConfig, UpstreamTLSConfig
@@ -303,6 +304,12 @@ class PoolConfig(Strict):
     cache: PoolCacheConfig | None = None
     """What this pool's answers are cached as; none (the default) caches nothing."""
     tiers: TiersConfig = TiersConfig()
+    fallback: FallbackConfig | None = None
+    """The pools that answer when this one cannot; none by default."""
+    cascade: CascadeConfig | None = None
+    """Ask a cheap model first and a larger one when its answer is not good enough."""
+    shadow: ShadowConfig | None = None
+    """Copy a share of the requests to another pool and compare its answers."""
     backends: list[BackendConfig] = Field(min_length=1)
 
     @property
@@ -383,6 +390,8 @@ class Config(Strict):
                 if semantic.embedder.pool not in self.pools:
                     error(("pools", pool_name, "cache", "semantic", "embedder", "pool"),
                           f"no pool named {semantic.embedder.pool!r}; pools: {', '.join(self.pools)}")
+            for loc, message in policy_errors(pool_name, pool, self.pools):
+                error(loc, message)
         addresses = [parse_address(listener.address) for listener in self.listen]
         for index, address in enumerate(addresses):
             if address in addresses[:index]:

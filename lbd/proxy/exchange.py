@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from lbd.proxy.admission import priority_of
 from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, response_head
 from lbd.proxy.http import LAST_CHUNK, chunk, error_response
-from lbd.proxy.cached import Cached
+from lbd.proxy.policies import Policies
 from lbd.proxy.request import REPLAY_LIMIT
 from lbd.proxy.outbox import flush
 from lbd.proxy.upstream import UpstreamConnection, open_connection
@@ -44,7 +44,7 @@ _SUCCESS = Outcome.SUCCESS
 _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
 
 
-class Exchange(Cached):
+class Exchange(Policies):
     """A request, admitted, and the attempts to get it answered."""
 
     __slots__ = (
@@ -294,8 +294,10 @@ class Exchange(Cached):
         self._cancel_timer()
         out, has_length, request_id_seen, retry_after = response_head(status, headers)
         pool: Pool = self.pool  # type: ignore[assignment]
-        if status >= 500 or status == 429:
-            if self._retry_status(pool, status, retry_after):
+        if status >= 400:
+            if (status >= 500 or status == 429) and self._retry_status(pool, status, retry_after):
+                return
+            if self._fall_over_status(status):
                 return
         if status >= 500 and self.cache_lookup is not None:
             stale = self._stale_hit()
@@ -320,13 +322,15 @@ class Exchange(Cached):
                 out.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # HTTP/1.0 client: the end of the body is the close
-        out += (b"x-lbd-backend: ", self.served_by.encode(), b"\r\n")
+        out += (b"x-lbd-backend: ", self.served_by.encode(), b"\r\nx-lbd-pool: ", pool.name.encode(), b"\r\n")
         if not request_id_seen:
             out += (b"x-request-id: ", self.fields.request_id, b"\r\n")  # type: ignore[arg-type]
         if self.retries:
             out.append(b"x-lbd-attempts: %d\r\n" % (self.retries + 1))
         if self.cache_status is not None:
             out.append(self._cache_head(status, headers))
+        if self._shadow is not None:
+            self._shadow.head(status, headers)
         for name, value in self._extra_fields:
             out += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
@@ -358,12 +362,16 @@ class Exchange(Cached):
         self.client.write(chunk(data) if self.response_chunked else data)
         if self._capture is not None:
             self._capture_body(data)
+        if self._shadow is not None:
+            self._shadow.body(data)
 
     def on_response_end(self, conn: UpstreamConnection, upstream_keep_alive: bool) -> None:
         if self.response_chunked:
             self.client.write(LAST_CHUNK)
         if self._capture is not None:
             self._cache_store()
+        if self._shadow is not None:
+            self._shadow_send()
         self.upstream = None
         conn.detach()
         if upstream_keep_alive and self.request_done:
@@ -444,7 +452,10 @@ class Exchange(Cached):
 
     def fail(self, status: int, code: str, message: str, *extra_headers: tuple[bytes, bytes]) -> None:
         """Answer with a JSON error; only possible before the response head went out. When
-        every try upstream failed, an expired cached answer may be served instead."""
+        every try upstream failed, an expired cached answer may be served instead; before
+        that, the route's fallback chain may take the request over."""
+        if status >= 502 and self._fall_over(status, code, message):
+            return
         if status >= 502 and self.cache_lookup is not None:
             stale = self._stale_hit()
             if stale is not None:

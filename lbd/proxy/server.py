@@ -15,6 +15,7 @@ import time
 from lbd.config.model import parse_address
 from lbd.log import AccessLog
 from lbd.metrics import Metrics
+from lbd.policies.shadow import ShadowTraffic
 from lbd.proxy.downstream import ClientConnection
 from lbd.proxy.exchange import Exchange
 from lbd.proxy.http import RequestIds, error_response
@@ -40,6 +41,8 @@ class ProxyServer:
         self.refused_connections = 0
         self.requests = 0
         self.metrics = Metrics(self)
+        self.shadows = ShadowTraffic(self)
+        """Copies of requests to the pools' shadow pools (it outlives reloads)."""
         self.cache = None
         """The :class:`~lbd.cache.ResponseCache` pools with a ``cache:`` section use (set by
         the daemon; it outlives reloads)."""
@@ -152,6 +155,7 @@ class ProxyServer:
         to ``grace`` seconds, then close everything."""
         for server in self._servers:
             server.close()
+        await self.shadows.close()
         deadline = self.loop.time() + grace
         while self.loop.time() < deadline:
             for conn in list(self.connections):
