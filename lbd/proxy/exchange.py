@@ -72,6 +72,7 @@ class Exchange(Policies):
         self._attempt_started = 0.0
         self._queued = False
         self._failure: tuple[int, str, str] | None = None
+        self._chain = self._shadow = None  # the Policies layer's
 
     # -- start ---------------------------------------------------------------------------
     def begin(self) -> None:
