@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lbd.policies.answers import HEADER_LENGTH
@@ -93,8 +94,9 @@ class ShadowTraffic:
         """The sampled request cannot be copied (its body was not kept, another pool answered)."""
         self._server.metrics.policies.shadow_request(capture.route, capture.config.pool, "skipped")
 
-    def send(self, capture: Capture, copy: Copy) -> None:
-        """Copy the request now, unless too many copies are in flight (then drop it)."""
+    def send(self, capture: Capture, make_copy: Callable[[], Copy]) -> None:
+        """Copy the request now (``make_copy`` builds the copy), unless too many copies are in
+        flight: then drop it, before anything is built."""
         key = (capture.route, capture.config.pool)
         counts = self._server.metrics.policies
         if self._inflight.get(key, 0) >= capture.config.max_inflight:
@@ -102,7 +104,7 @@ class ShadowTraffic:
             return
         self._inflight[key] = self._inflight.get(key, 0) + 1
         counts.shadow_request(*key, "sent")
-        task = self._server.loop.create_task(self._copy(key, capture, copy))
+        task = self._server.loop.create_task(self._copy(key, capture, make_copy()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -273,7 +273,7 @@ class Policies(Cached):
         if self.pool.name != capture.route or self.body is None:  # type: ignore[union-attr]
             shadows.skip(capture)  # another pool answered, or the body was not kept
         else:
-            shadows.send(capture, self._copy())
+            shadows.send(capture, self._copy)
 
     def _copy(self) -> Copy:
         """This request, as lbd would send it again itself."""
