@@ -365,9 +365,9 @@ def _policy_families(counts: PolicyCounts) -> Iterator[Metric]:
         duration.add_metric(key, _cumulative(cell), cell[_SUM])
     yield responses
     yield duration
-    yield _counter("lbd_shadow_comparisons", "Shadow answers compared with the primary's (both 2xx): match, "
-                   "mismatch, skipped (the compared field in neither).", ("pool", "shadow", "result"),
-                   counts.shadow_comparisons)
+    yield _counter("lbd_shadow_comparisons", "Shadow answers compared with the primary's: match, mismatch, "
+                   "skipped (not both 2xx, the primary's too large, or the compared field in neither).",
+                   ("pool", "shadow", "result"), counts.shadow_comparisons)
 
 
 def _cumulative(cell: list) -> list[tuple[str, float]]:

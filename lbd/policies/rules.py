@@ -79,7 +79,8 @@ def top_probability(document: Any, output: str | None = None) -> float | None:
 
 def compare(config: ShadowCompareConfig, primary: bytes, primary_header_length: str | None,
             shadow: bytes, shadow_header_length: str | None) -> str:
-    """``match``, ``mismatch``, or ``skipped`` (the compared field is in neither answer)."""
+    """``match``, ``mismatch``, or ``skipped`` (the compared field is in neither answer, or
+    neither is JSON when a field is compared)."""
     left, right = read_answer(primary, primary_header_length), read_answer(shadow, shadow_header_length)
     if left is None or right is None:
         if config.path is None and left is None and right is None:
