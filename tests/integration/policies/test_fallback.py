@@ -11,7 +11,7 @@ import threading
 import time
 
 from tests.support.lbd_client import LbdClient
-from tests.support.procs import free_port, start_upstream, upstream_requests, wait_for
+from tests.support.procs import free_port, start_upstream, upstream_requests, wait_for, wait_port
 
 CONFIG = """
 listen: [{{address: "127.0.0.1:{port}"}}]
@@ -52,6 +52,7 @@ def start(lbd, tmp_path, *, small: tuple = (), big: tuple = (), inflight: int = 
     admin = free_port()
     _, port = lbd(CONFIG, admin=admin, inflight=inflight, queue=queue,
                   **{name: port for name, (_, port) in upstreams.items()})
+    wait_port(admin)  # the admin API listens a moment after the proxy
     return LbdClient(port, admin), upstreams
 
 
