@@ -1,4 +1,5 @@
-"""A model cascade through the real proxy with real workers serving the built-in classifier.
+"""A model cascade through the real proxy with real workers serving the built-in classifier,
+and its stage pools falling over (drained, frozen) to a spare pool of workers.
 
 Stage 1 is the cascade pool's own worker (``classifier``); stage 2 a larger model
 (``classifier-large``; the same network under another name and version, so which stage
@@ -9,6 +10,9 @@ probability 0.989) is answered by stage 1; one it is not (all zeros: 0.385) esca
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import struct
 
 import numpy as np
@@ -38,6 +42,8 @@ pools:
       accept: {{field: "outputs[name=probabilities].data", reduce: max, op: ">=", value: 0.8}}
     backends: [{{worker: w0}}]
   large:
+    timeouts: {{per_try: 1s}}
+    retry: {{attempts: 2}}
     fallback: {{chain: [{{pool: spare}}]}}
     backends: [{{worker: w1}}]
   spare:
@@ -70,10 +76,17 @@ def cascade(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cascade")
     port, admin = free_port(), free_port()
     proc = start_lbd(tmp, CONFIG.format(port=port, admin=admin, w0=free_port(), w1=free_port(), w2=free_port()), port)
+    client = LbdClient(port, admin)
+    client.proc = proc  # type: ignore[attr-defined]
     try:
         wait_for(lambda: '"msg":"ready"' in proc.output(), 60, what="lbd ready")
-        yield LbdClient(port, admin)
+        yield client
     finally:
+        for pid in re.findall(r"\[worker w1\] started, pid (\d+)", proc.output()):
+            try:
+                os.kill(int(pid), signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         proc.stop(20)
 
 
@@ -134,6 +147,17 @@ def test_stages_fall_over_and_a_failing_stage_is_passed_over(cascade: LbdClient)
         assert cascade.metric("lbd_cascade_escalations_total", pool="classifier", stage="1", reason="error") == 1
     finally:
         cascade.admin_post("/admin/backends/classifier/w0/undrain")
+
+
+def test_a_frozen_large_model_times_out_and_its_pool_falls_over(cascade: LbdClient):
+    frozen = int(re.findall(r"\[worker w1\] started, pid (\d+)", cascade.proc.output())[-1])  # type: ignore[attr-defined]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        stage, pool, answer = stage_of(cascade, "classifier", infer_body(UNSURE))
+        assert (stage, pool, answer["model_version"]) == ("2", "spare", "3")
+        assert cascade.metric("lbd_fallbacks_total", pool="large", to="spare", reason="timeout") == 1
+    finally:
+        os.kill(frozen, signal.SIGCONT)
 
 
 def test_a_bad_request_is_answered_by_the_last_stage(cascade: LbdClient):
