@@ -191,8 +191,8 @@ class ClientConnection(Corked, asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         exchange = self.receiving
-        if exchange is None:
-            return
+        if exchange is None or not body:
+            return  # an empty piece, forwarded chunked, would be the last-chunk marker
         self._body_bytes += len(body)
         limit = self.server.limits.max_body_size
         if limit and self._body_bytes > limit and exchange.body_mode == BODY_CHUNKED:
