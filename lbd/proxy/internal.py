@@ -180,7 +180,7 @@ async def dispatch(server: ProxyServer, method: str, target: str, headers: Itera
     head.append(f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
     try:
         conn.connection_made(transport)
-        if not conn.closing:  # else refused (connection limit): done holds the error
+        if not conn.closing:  # else the connection was refused at once: done holds the error
             conn.data_received("".join(head).encode("latin-1") + body)
         return await done
     finally:

@@ -99,6 +99,11 @@ class ProxyServer:
             ))
 
     def admit_connection(self, conn: ClientConnection) -> bool:
+        if conn.internal is not None:
+            # A request lbd sends itself (a job's run, a shadow copy, a cascade stage) uses no
+            # socket and has its own bounds; the client's caps are not its.
+            self.connections.add(conn)
+            return True
         limits = self.limits
         count = self.per_ip.get(conn.client_ip, 0)
         if len(self.connections) >= limits.max_connections or (
@@ -112,6 +117,8 @@ class ProxyServer:
     def release_connection(self, conn: ClientConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
+            if conn.internal is not None:
+                return
             count = self.per_ip.get(conn.client_ip, 1) - 1
             if count > 0:
                 self.per_ip[conn.client_ip] = count

@@ -9,7 +9,7 @@ import pytest
 import uvloop
 
 from lbd.config import load_config_text
-from lbd.proxy.internal import Internal, InternalError, dispatch
+from lbd.proxy.internal import Internal, dispatch
 from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
 from tests.support.procs import free_port, upstream_requests
@@ -103,10 +103,13 @@ def test_lbd_errors_come_back_as_answers_and_cancelling_cancels_upstream(upstrea
     run(port, scenario)
 
 
-def test_a_refused_connection_is_an_internal_error(upstreams):
+def test_the_client_connection_caps_do_not_apply_to_internal_requests(upstreams):
     async def scenario(server: ProxyServer) -> None:
-        server.limits = server.limits.model_copy(update={"max_connections": 0})
-        with pytest.raises(InternalError):
-            await dispatch(server, "GET", "/echo", [])
+        server.limits = server.limits.model_copy(update={"max_connections": 1, "max_connections_per_ip": 1})
+        server.per_ip["127.0.0.1"] = 1  # as if a real client from that address held its one connection
+        answers = await asyncio.gather(*(dispatch(server, "GET", "/echo", []) for _ in range(3)))
+        assert [answer.status for answer in answers] == [200, 200, 200]
+        await asyncio.sleep(0.01)
+        assert server.per_ip == {"127.0.0.1": 1} and not server.connections  # the client's count untouched
 
     run(upstreams["a"], scenario)
