@@ -34,6 +34,8 @@ class Daemon:
         self.cache = None
         """The response cache, for the admin API's purge (``lbd.admin.Purger``); None without one."""
         self.fleet = None
+        self.jobs = None
+        """The asynchronous jobs (``lbd.jobs.Jobs``); None with ``jobs.enabled: false``."""
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload_errors: list[str] = []
@@ -62,6 +64,8 @@ class Daemon:
             if self.fleet is not None:
                 await self.fleet.stop()
             return 1
+        self.proxy.metrics.follow_jobs(lambda: self.jobs.runner if self.jobs is not None else None)
+        await self._apply_jobs(self.config, None)  # before listening: the jobs API answers from the start
         await self.proxy.start()
         if self.config.admin.enabled:
             self.admin = await self._start_admin()
@@ -83,7 +87,11 @@ class Daemon:
         if watchdog is not None:
             watchdog.cancel()
         log.info("stopping: draining requests in flight", extra={"grace_s": self.shutdown_grace})
+        # Job runners stop claiming at once; runs get the same grace, the rest go back to the queue.
+        jobs_stopped = asyncio.ensure_future(self.jobs.stop(self.shutdown_grace)) if self.jobs is not None else None
         await self.proxy.shutdown(self.shutdown_grace)
+        if jobs_stopped is not None:
+            await jobs_stopped
         if self.admin is not None:
             await self.admin.stop()
         await self.proxy.runtime.stop_health()
@@ -167,6 +175,29 @@ class Daemon:
                 self.proxy.metrics.cache_error(kind, count)
             asyncio.get_running_loop().call_later(5.0, lambda: asyncio.ensure_future(old.close()))
 
+    # -- asynchronous jobs ---------------------------------------------------------------------
+    async def _apply_jobs(self, config: Config, previous: Config | None) -> None:
+        """Start the jobs (store, runner, webhooks) or follow a reload: a changed ``jobs:``
+        section builds new ones (keeping the store when its keys did not change, so the
+        in-memory queue survives); the old runner hands its runs back in the background."""
+        from lbd.jobs import Jobs
+
+        assert self.proxy is not None
+        pools = {name: pool.jobs for name, pool in config.pools.items()}
+        old = self.jobs
+        if old is not None and previous is not None and previous.jobs == config.jobs:
+            old.apply(pools)
+            return
+        keep_store = old is not None and config.jobs.enabled and _same_store(previous, config)
+        new = None
+        if config.jobs.enabled:
+            new = Jobs(config.jobs, events=self.proxy.metrics, store=old.store if keep_store else None)  # type: ignore[union-attr]
+            await new.start(self.proxy, pools)
+            log.info("jobs ready", extra={"store": _masked_url(config.jobs.store), "prefix": config.jobs.path_prefix})
+        self.proxy.jobs = self.jobs = new
+        if old is not None:
+            asyncio.ensure_future(old.stop(self.shutdown_grace, close_store=not keep_store))
+
     def _pool_embedder(self, pool: str, model: str | None, timeout: float):
         """Embeds through one of this lbd's pools, as an internal request (the pool's
         balancer, health checks and retries apply; no socket, no route to match)."""
@@ -232,6 +263,7 @@ class Daemon:
         self.proxy.swap(runtime)
         if config.log.level != self.config.log.level:
             logging.getLogger().setLevel(config.log.level.upper())
+        await self._apply_jobs(config, self.config)
         self.config = config
         self.reloads += 1
         self.last_reload_errors = []
@@ -254,6 +286,14 @@ class Daemon:
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
             await asyncio.sleep(interval)
+
+
+def _same_store(previous: Config | None, config: Config) -> bool:
+    if previous is None:
+        return False
+    before, after = previous.jobs, config.jobs
+    return (before.store, before.key_prefix, before.operation_timeout) == (after.store, after.key_prefix,
+                                                                          after.operation_timeout)
 
 
 def _masked_url(url: str) -> str:

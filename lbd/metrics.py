@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import platform
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -37,6 +37,10 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 """Upper bounds (seconds) of the request latency histogram: a cached answer to a long
 generation."""
 _SUM = len(BUCKETS) + 1  # cell layout: counts per bucket, the +Inf count, then the sum
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+"""Upper bounds (seconds) of the jobs' queue latency histogram (submission to first run)."""
+_JOB_EVENTS = {"submitted": "lbd_jobs_submitted", "succeeded": "lbd_jobs_finished", "failed": "lbd_jobs_finished",
+               "cancelled": "lbd_jobs_finished", "retried": "lbd_jobs_retried", "rejected": "lbd_jobs_rejected"}
 _BREAKER_STATES = ("closed", "open", "half_open")
 _BACKEND_STATES = ("healthy", "unhealthy", "drained", "ejected")
 
@@ -52,6 +56,8 @@ FAMILIES = (
     "lbd_config_last_reload_successful", "lbd_config_last_reload_success_timestamp_seconds", "lbd_build_info",
     "lbd_fallbacks", "lbd_cascade_answers", "lbd_cascade_escalations", "lbd_shadow_requests",
     "lbd_shadow_responses", "lbd_shadow_duration_seconds", "lbd_shadow_comparisons",
+    "lbd_jobs_submitted", "lbd_jobs_finished", "lbd_jobs_retried", "lbd_jobs_rejected", "lbd_jobs_running",
+    "lbd_jobs_queued", "lbd_jobs_queue_latency_seconds", "lbd_jobs_webhook_deliveries",
 )
 """Every family this module exports (counters without their ``_total``)."""
 
@@ -72,6 +78,17 @@ class Observed(Protocol):
     served_by: str
     status: int
     retries: int
+
+
+class JobsSource(Protocol):
+    """What the collector reads of the job runner (``lbd.jobs.runner.Runner``) at scrape time."""
+
+    depths: Mapping[str, int]
+    """Jobs waiting per pool, in the (shared) store, as last sampled."""
+
+    def running(self) -> Mapping[str, int]:
+        """Runs in progress on this instance, per pool."""
+        ...
 
 
 class ReloadStats(Protocol):
@@ -106,6 +123,11 @@ class Metrics:
         self.cache_errors: dict[str, int] = {}
         self.policies = PolicyCounts()
         self.reload_stats: ReloadStats | None = None
+        self.job_counts: dict[tuple[str, str], int] = {}
+        """``(pool, event) -> count`` of job events on this instance (see :meth:`job_event`)."""
+        self.job_latency: dict[str, list] = {}
+        self.webhook_deliveries: dict[str, int] = {}
+        self.jobs_source: Callable[[], JobsSource | None] = lambda: None
         self.started_at = time.time()  # when the config in use before any reload was loaded
         self._continuity = _Continuity()
         self.registry.register(_Collector(self))
@@ -140,6 +162,28 @@ class Metrics:
         """``count`` cache failures of ``kind`` (``store``, ``embedder``, ``internal``) that the
         live cache no longer reports (it was replaced by a reload)."""
         self.cache_errors[kind] = self.cache_errors.get(kind, 0) + count
+
+    def job_event(self, pool: str, event: str) -> None:
+        """A job ``submitted``, ``succeeded``, ``failed``, ``cancelled``, ``retried`` (a run
+        queued again after a retriable failure) or ``rejected`` (queue full, store away)."""
+        key = (pool, event)
+        self.job_counts[key] = self.job_counts.get(key, 0) + 1
+
+    def job_waited(self, pool: str, seconds: float) -> None:
+        """A job's first run began ``seconds`` after it was submitted."""
+        cell = self.job_latency.get(pool)
+        if cell is None:
+            cell = self.job_latency[pool] = [0] * (len(JOB_BUCKETS) + 1) + [0.0]
+        cell[bisect.bisect_left(JOB_BUCKETS, seconds)] += 1
+        cell[-1] += seconds
+
+    def webhook_delivery(self, result: str) -> None:
+        """A callback try: ``delivered``, ``retried`` (will be tried again) or ``failed`` (given up)."""
+        self.webhook_deliveries[result] = self.webhook_deliveries.get(result, 0) + 1
+
+    def follow_jobs(self, source: Callable[[], JobsSource | None]) -> None:
+        """Export the running jobs and queue depths of the runner ``source()`` returns."""
+        self.jobs_source = source
 
     def follow_reloads(self, stats: ReloadStats) -> None:
         """Export the reload counters ``stats`` (the daemon) keeps; read at scrape time."""
@@ -219,6 +263,7 @@ class _Collector:
         yield from _BackendFamilies(metrics).build(runtime)
         yield from _PoolFamilies(metrics).build(runtime)
         yield from self._cache()
+        yield from _jobs(metrics)
         yield from _policy_families(metrics.policies)
         yield from self._reloads()
         yield _build_info()
@@ -370,9 +415,49 @@ def _policy_families(counts: PolicyCounts) -> Iterator[Metric]:
                    ("pool", "shadow", "result"), counts.shadow_comparisons)
 
 
-def _cumulative(cell: list) -> list[tuple[str, float]]:
+def _jobs(metrics: Metrics) -> Iterator[Metric]:
+    """The jobs' families: events counted here, running and queued read at scrape time."""
+    families = {
+        "lbd_jobs_submitted": CounterMetricFamily("lbd_jobs_submitted", "Jobs accepted (202) by this instance.",
+                                                  labels=("pool",)),
+        "lbd_jobs_finished": CounterMetricFamily("lbd_jobs_finished", "Jobs this instance finished, by state "
+                                                 "(succeeded, failed, cancelled).", labels=("pool", "state")),
+        "lbd_jobs_retried": CounterMetricFamily("lbd_jobs_retried", "Job runs that failed retriably and were "
+                                                "queued again.", labels=("pool",)),
+        "lbd_jobs_rejected": CounterMetricFamily("lbd_jobs_rejected", "Submissions answered 503 (queue full, "
+                                                 "store unavailable).", labels=("pool",)),
+    }
+    for (pool, event), count in sorted(metrics.job_counts.items()):
+        name = _JOB_EVENTS.get(event)
+        if name is not None:
+            families[name].add_metric((pool, event) if name == "lbd_jobs_finished" else (pool,), count)
+    yield from families.values()
+    running = GaugeMetricFamily("lbd_jobs_running", "Job runs in progress on this instance.", labels=("pool",))
+    queued = GaugeMetricFamily("lbd_jobs_queued", "Jobs waiting to run, in the (shared) store; sampled every "
+                               "few seconds.", labels=("pool",))
+    source = metrics.jobs_source()
+    if source is not None:
+        for pool, count in sorted(source.running().items()):
+            running.add_metric((pool,), count)
+        for pool, count in sorted(source.depths.items()):
+            queued.add_metric((pool,), count)
+    yield running
+    yield queued
+    latency = HistogramMetricFamily("lbd_jobs_queue_latency_seconds", "From a job's submission to the start "
+                                    "of its first run.", labels=("pool",))
+    for pool, cell in sorted(metrics.job_latency.items()):
+        latency.add_metric((pool,), _cumulative(cell, JOB_BUCKETS), cell[-1])
+    yield latency
+    deliveries = CounterMetricFamily("lbd_jobs_webhook_deliveries", "Callback tries, by result (delivered, "
+                                     "retried, failed).", labels=("result",))
+    for result, count in sorted(metrics.webhook_deliveries.items()):
+        deliveries.add_metric((result,), count)
+    yield deliveries
+
+
+def _cumulative(cell: list, bounds: tuple[float, ...] = BUCKETS) -> list[tuple[str, float]]:
     buckets, running = [], 0
-    for bound, count in zip((*map(str, BUCKETS), "+Inf"), cell[:_SUM]):
+    for bound, count in zip((*map(str, bounds), "+Inf"), cell[:len(bounds) + 1]):
         running += count
         buckets.append((bound, running))
     return buckets

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from lbd.balancing import registry
 from lbd.balancing.base import BalancerOptions
 from lbd.config.cache import CacheConfig, PoolCacheConfig
+from lbd.config.jobs import JobsConfig, PoolJobsConfig
 from lbd.config.policies import CascadeConfig, FallbackConfig, ShadowConfig, policy_errors
 from lbd.config.resilience import BreakerConfig, HealthConfig, LimitsConfig, OutlierConfig, RetryConfig, TiersConfig
 from lbd.config.security import AuthConfig, RateLimitConfig
@@ -310,6 +311,8 @@ class PoolConfig(Strict):
     """Ask a cheap model first and a larger one when its answer is not good enough."""
     shadow: ShadowConfig | None = None
     """Copy a share of the requests to another pool and compare its answers."""
+    jobs: PoolJobsConfig = PoolJobsConfig()
+    """How this pool runs asynchronous jobs (on, 4 at once per instance, by default)."""
     backends: list[BackendConfig] = Field(min_length=1)
 
     @property
@@ -355,6 +358,7 @@ class Config(Strict):
     workers: dict[str, WorkerConfig] = {}
     fleet: FleetConfig = FleetConfig()
     cache: CacheConfig = CacheConfig()
+    jobs: JobsConfig = JobsConfig()
 
     @field_validator("pools", "workers")
     @classmethod

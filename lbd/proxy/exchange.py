@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from lbd.proxy.admission import priority_of
 from lbd.proxy.heads import BODY_CHUNKED, BODY_NONE, response_head
 from lbd.proxy.http import LAST_CHUNK, chunk, error_response
-from lbd.proxy.policies import Policies
+from lbd.proxy.deferred import Deferred
 from lbd.proxy.request import REPLAY_LIMIT
 from lbd.proxy.outbox import flush
 from lbd.proxy.upstream import UpstreamConnection, open_connection
@@ -44,7 +44,7 @@ _SUCCESS = Outcome.SUCCESS
 _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
 
 
-class Exchange(Policies):
+class Exchange(Deferred):
     """A request, admitted, and the attempts to get it answered."""
 
     __slots__ = (
@@ -79,6 +79,8 @@ class Exchange(Policies):
         """Route, set the deadline, and start the first attempt."""
         client = self.client
         self.started = time.monotonic()
+        if self._jobs_call():
+            return  # the jobs API answers it (lbd/proxy/deferred.py)
         internal = client.internal
         if internal is None:
             self.pool = pool = client.server.runtime.router.route(self)
@@ -95,7 +97,7 @@ class Exchange(Policies):
             self.tenant = internal.tenant  # authenticated when it was first received
         elif pool.auth is not None and not self._authenticate(pool):
             return
-        limiter = pool.limiter
+        limiter = pool.limiter if internal is None or internal.tag != "job" else None  # limited when submitted
         if limiter is None:
             self._admitted()
         elif isinstance(limiter, LocalLimiter):

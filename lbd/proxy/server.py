@@ -46,6 +46,9 @@ class ProxyServer:
         self.cache = None
         """The :class:`~lbd.cache.ResponseCache` pools with a ``cache:`` section use (set by
         the daemon; it outlives reloads)."""
+        self.jobs = None
+        """The :class:`~lbd.jobs.service.Jobs` the data plane submits to (set by the daemon);
+        ``None`` with ``jobs.enabled: false``."""
         self._servers: list[asyncio.AbstractServer] = []
         self._janitor: asyncio.Task | None = None
         self.bound: list[tuple[str, int]] = []
