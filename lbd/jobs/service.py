@@ -108,7 +108,10 @@ class Jobs:
     async def start(self, server: ProxyServer, pools: Mapping[str, PoolJobsConfig]) -> None:
         import asyncio
 
-        await self.store.start([name for name, config in pools.items() if config.enabled])
+        try:
+            await self.store.start([name for name, config in pools.items() if config.enabled])
+        except StoreError as error:  # serve anyway: submissions get 503 and the runner retries
+            log.error("jobs: the store is unavailable at start", extra={"error": str(error)})
         self.runner = Runner(self.store, self.config, _executor(server), events=self.events, clock=self._clock)
         self.runner.start(pools)
         deliverer = Deliverer(self.store, self.config.webhook, self.secret, self.payload,

@@ -94,7 +94,7 @@ class Deliverer:
         try:
             while True:
                 try:
-                    due = await self._store.due_callbacks(self._config.timeout + 10.0, _BATCH)
+                    due = await self._store.due_callbacks(self._config.timeout * 2 + 1.0, _BATCH)
                 except StoreError as error:
                     log.warning("webhooks: the job store is unavailable: %s", error)
                     due = []

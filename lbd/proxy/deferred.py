@@ -113,7 +113,9 @@ class Deferred(Policies):
         if self.tenant != found.tenant:  # another tenant's job does not exist for this one
             self.fail(404, "job_not_found", f"no job {call.id!r} (unknown, or expired)")
             return
-        if call.kind == "cancel":
+        if call.kind == "cancel" and found.job is not None and found.job.state != "queued":
+            self._cannot_cancel(jobs, found)
+        elif call.kind == "cancel":
             self._await(jobs.cancel(found), lambda after: self._cancelled(jobs, after))
         elif call.kind == "result":
             self._result(jobs, found)
@@ -123,12 +125,17 @@ class Deferred(Policies):
     def _cancelled(self, jobs: Jobs, after: Found | Refused) -> None:
         if isinstance(after, Refused):
             self._refuse(after)
-        elif after.job is None or after.job.state == "cancelled" or after.batch is not None:
-            self._respond(200, jobs.view(after) if (after.job or after.batch) else {"state": "cancelled"})
+        elif after.job is None and after.batch is None:
+            self.fail(404, "job_not_found", "the job expired")
+        elif after.batch is not None or after.job.state == "cancelled":  # type: ignore[union-attr]
+            self._respond(200, jobs.view(after))
         else:
-            code = "job_running" if after.job.state == "running" else "job_finished"
-            self._respond(409, {"error": f"the job is {after.job.state}: only a queued job can be cancelled",
-                                "code": code, "job": jobs.view(after)})
+            self._cannot_cancel(jobs, after)
+
+    def _cannot_cancel(self, jobs: Jobs, found: Found) -> None:
+        state = found.job.state  # type: ignore[union-attr]
+        self._respond(409, {"error": f"the job is {state}: only a queued job can be cancelled",
+                            "code": "job_running" if state == "running" else "job_finished", "job": jobs.view(found)})
 
     def _result(self, jobs: Jobs, found: Found) -> None:
         record = found.job
