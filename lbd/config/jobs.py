@@ -146,8 +146,9 @@ class PoolJobsConfig(_Strict):
 
     ``enabled`` true (false: submissions to this pool get 403; ``Prefer: respond-async`` is
     then ignored and the request answered at once); ``concurrency`` 4 jobs of this pool
-    running at once per lbd instance (0: this instance queues but does not run them), which
-    bounds what jobs take from interactive traffic; ``priority`` ``normal`` for submissions
+    running at once per lbd instance (0: this instance queues but does not run them) and
+    ``rate`` null (else at most this many runs started per second per instance), which bound
+    what jobs take from interactive traffic; ``priority`` ``normal`` for submissions
     without a priority header (``high`` | ``normal`` | ``low``); ``max_queue`` null (the
     top-level one); ``timeout`` null (the pool's ``timeouts.total``; a job's deadline
     across its tries).
@@ -155,6 +156,7 @@ class PoolJobsConfig(_Strict):
 
     enabled: bool = True
     concurrency: int = Field(4, ge=0, le=10_000)
+    rate: float | None = Field(None, gt=0)
     priority: Literal["high", "normal", "low"] = "normal"
     max_queue: int | None = Field(None, ge=1)
     timeout: Duration | None = Field(None, gt=0)

@@ -152,9 +152,11 @@ class JobStore(Protocol):
     async def close(self) -> None:
         """Release connections; jobs stay where they are."""
 
-    async def submit(self, jobs: list[NewJob], max_queue: int, batch: BatchRecord | None = None) -> bool:
-        """Store the jobs (and the batch) and queue them, all or none; False when the pool
-        already has ``max_queue`` jobs waiting (counted with these)."""
+    async def submit(self, jobs: list[NewJob], max_queue: int | None, batch: BatchRecord | None = None,
+                     counted: int | None = None) -> bool:
+        """Store the jobs (and the batch) and queue them, all or none; False when the pool's
+        waiting jobs and ``counted`` more (default: these) would exceed ``max_queue``
+        (``None``: no bound; the later parts of a batch whose first part was counted whole)."""
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's record, or ``None`` (unknown, or expired after ``result_ttl``)."""

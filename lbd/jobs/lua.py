@@ -42,9 +42,9 @@ end
 return depth
 """
 
-# KEYS: the pool's three streams, its delayed set. ARGV: group, max_queue, prefix, batch id
-# ('' for none), batch field count, batch fields..., job count, then per job: id, priority,
-# field count, fields...
+# KEYS: the pool's three streams, its delayed set. ARGV: group, max_queue ('' for no bound),
+# prefix, batch id ('' for none), jobs counted against the bound, batch field count, batch
+# fields..., job count, then per job: id, priority, field count, fields...
 SUBMIT = """
 local group, max_queue, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local depth = redis.call('ZCARD', KEYS[4])
@@ -52,13 +52,14 @@ for i = 1, 3 do
   redis.pcall('XGROUP', 'CREATE', KEYS[i], group, '0', 'MKSTREAM')
   depth = depth + redis.call('XLEN', KEYS[i]) - redis.call('XPENDING', KEYS[i], group)[1]
 end
-local pos = 5
+local counted = tonumber(ARGV[5])
+local pos = 6
 local batch_fields = tonumber(ARGV[pos])
 local batch_at = pos + 1
 pos = pos + 1 + 2 * batch_fields
 local count = tonumber(ARGV[pos])
 pos = pos + 1
-if depth + count > max_queue then return 0 end
+if max_queue and depth + counted > max_queue then return 0 end
 if ARGV[4] ~= '' then
   redis.call('HSET', prefix .. 'batch:' .. ARGV[4], unpack(ARGV, batch_at, batch_at + 2 * batch_fields - 1))
 end
@@ -67,7 +68,8 @@ for _ = 1, count do
   local first = pos + 3
   pos = first + 2 * fields
   local entry = redis.call('XADD', KEYS[priority + 1], '*', 'job', id)
-  redis.call('HSET', prefix .. 'job:' .. id, 'entry', entry, unpack(ARGV, first, pos - 1))
+  redis.call('HSET', prefix .. 'job:' .. id, 'entry', entry, 'state', 'queued', 'attempts', 0, 'run', '',
+             unpack(ARGV, first, pos - 1))
 end
 return 1
 """

@@ -21,6 +21,8 @@ from lbd.jobs.base import (
 
 __all__ = ["MemoryStore"]
 
+_SWEEP_EVERY = 10.0
+
 
 @dataclass
 class _Job:
@@ -52,6 +54,7 @@ class MemoryStore:
         self._hooks: dict[str, float] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._entries = itertools.count(1)
+        self._next_sweep = 0.0
 
     async def start(self, pools: list[str]) -> None:
         for pool in pools:
@@ -62,11 +65,12 @@ class MemoryStore:
             event.set()
 
     # -- submitting and reading -----------------------------------------------------------------
-    async def submit(self, jobs: list[NewJob], max_queue: int, batch: BatchRecord | None = None) -> bool:
+    async def submit(self, jobs: list[NewJob], max_queue: int | None, batch: BatchRecord | None = None,
+                     counted: int | None = None) -> bool:
         if not jobs:
             return True
         pool = jobs[0].pool
-        if self._depth(pool) + len(jobs) > max_queue:
+        if max_queue is not None and self._depth(pool) + (len(jobs) if counted is None else counted) > max_queue:
             return False
         now = self._clock.now()
         for job in jobs:
@@ -206,6 +210,8 @@ class MemoryStore:
     async def promote(self, pool: str) -> int:
         delayed = self._delayed.get(pool, {})
         now = self._clock.now()
+        if now >= self._next_sweep:  # the runner calls this every second: expire what is over
+            self._sweep(now)
         due = [job_id for job_id, at in delayed.items() if at <= now]
         for job_id in due:
             del delayed[job_id]
@@ -283,6 +289,16 @@ class MemoryStore:
             self._batches[record.batch][1][0] = now + result_ttl
         if record.webhook is not None and state != CANCELLED:
             self._hooks[record.id] = now
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired records (reads drop them too; this bounds what nobody reads)."""
+        self._next_sweep = now + _SWEEP_EVERY
+        for job_id in [job_id for job_id, stored in self._jobs.items()
+                       if stored.expires is not None and stored.expires <= now]:
+            self._live(job_id)
+        for batch_id in [batch_id for batch_id, (_, (expires,)) in self._batches.items()
+                         if expires is not None and expires <= now]:
+            del self._batches[batch_id]
 
     def _live(self, job_id: str) -> _Job | None:
         stored = self._jobs.get(job_id)

@@ -36,6 +36,8 @@ __all__ = ["RedisStore", "GROUP"]
 log = logging.getLogger("lbd.jobs.redis")
 GROUP = "runners"
 _T = TypeVar("_T")
+_PRUNE_EVERY = 600.0
+_FORGET_AFTER = 3600.0
 _RECORD = ("id", "pool", "tenant", "state", "priority", "method", "target", "submitted", "attempts", "started",
            "finished", "error", "status", "response_headers", "response_body", "batch", "hook_url", "hook_state",
            "hook_attempts", "hook_status", "hook_error", "hook_at")
@@ -49,6 +51,7 @@ class RedisStore:
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry)
         self._blocking = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout, retry=no_retry)
         self._prefix, self._timeout, self._clock = prefix, timeout, clock
+        self._next_prune: dict[str, float] = {}
         self._scripts = {name: self._redis.register_script(getattr(lua, name))
                          for name in ("SUBMIT", "BEGIN", "FINISH", "REQUEUE", "RELEASE", "PROMOTE", "CANCEL",
                                       "RENEW", "DUE_HOOKS", "HOOK_DONE", "DEPTH")}
@@ -90,11 +93,13 @@ class RedisStore:
                 pass
 
     # -- submitting and reading --------------------------------------------------------------------
-    async def submit(self, jobs: list[NewJob], max_queue: int, batch: BatchRecord | None = None) -> bool:
+    async def submit(self, jobs: list[NewJob], max_queue: int | None, batch: BatchRecord | None = None,
+                     counted: int | None = None) -> bool:
         if not jobs:
             return True
         pool, now = jobs[0].pool, self._now_ms()
-        args: list[Any] = [GROUP, max_queue, self._prefix, batch.id if batch else ""]
+        args: list[Any] = [GROUP, "" if max_queue is None else max_queue, self._prefix, batch.id if batch else "",
+                           len(jobs) if counted is None else counted]
         if batch is None:
             args.append(0)
         else:
@@ -102,11 +107,14 @@ class RedisStore:
                       "jobs", orjson.dumps(batch.jobs)]
             args += [len(fields) // 2, *fields]
         args.append(len(jobs))
+        encoded: dict[int, bytes] = {}  # a batch's jobs share one headers tuple: encode it once
         for job in jobs:
-            fields = ["id", job.id, "pool", job.pool, "tenant", job.tenant or "", "state", "queued",
-                      "priority", job.priority, "method", job.method, "target", job.target,
-                      "headers", orjson.dumps(job.headers), "body", job.body, "client_ip", job.client_ip,
-                      "submitted", now, "attempts", 0, "run", "", "batch", job.batch or "",
+            headers = encoded.get(id(job.headers))
+            if headers is None:
+                headers = encoded[id(job.headers)] = orjson.dumps(job.headers)
+            fields = ["id", job.id, "pool", job.pool, "tenant", job.tenant or "", "priority", job.priority,
+                      "method", job.method, "target", job.target, "headers", headers, "body", job.body,
+                      "client_ip", job.client_ip, "submitted", now, "batch", job.batch or "",
                       "hook_url", job.callback or "", "hook_state", "pending" if job.callback else ""]
             args += [job.id, job.priority, len(fields) // 2, *fields]
         keys = [*self._streams(pool), self._delayed(pool)]
@@ -168,6 +176,8 @@ class RedisStore:
         return claims
 
     async def reclaim(self, pool: str, consumer: str, min_idle: float, count: int) -> list[Claim]:
+        if self._clock.now() >= self._next_prune.get(pool, 0.0):
+            await self._prune(pool, max(_FORGET_AFTER, min_idle * 10))
         claims: list[Claim] = []
         for priority, stream in enumerate(self._streams(pool)):
             if len(claims) >= count:
@@ -178,6 +188,17 @@ class RedisStore:
                 if fields:
                     claims.append(Claim(fields[b"job"].decode(), pool, priority, entry.decode()))
         return claims
+
+    async def _prune(self, pool: str, idle: float) -> None:
+        """Forget consumers (instances gone, each start names a new one) that hold nothing
+        and were not heard of for ``idle`` seconds, so the group does not grow forever."""
+        self._next_prune[pool] = self._clock.now() + _PRUNE_EVERY
+        for stream in self._streams(pool):
+            consumers = await self._call(lambda: self._redis.xinfo_consumers(stream, GROUP))
+            for consumer in consumers:
+                if consumer["pending"] == 0 and consumer["idle"] > idle * 1000:
+                    name = consumer["name"]
+                    await self._call(lambda: self._redis.xgroup_delconsumer(stream, GROUP, name))
 
     async def renew(self, consumer: str, claims: list[Claim]) -> list[Claim]:
         if not claims:

@@ -71,6 +71,8 @@ class _Lane:
     running: dict[str, tuple[Claim, asyncio.Task]] = field(default_factory=dict)
     free: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    next_start: float = 0.0
+    """With a ``rate``: the monotonic time the next run may start."""
 
     def has_room(self) -> bool:
         return len(self.running) < self.config.concurrency
@@ -163,16 +165,30 @@ class Runner:
                 await lane.free.wait()
                 continue
             if lane.buffer:
-                self._spawn(lane, lane.buffer.pop(0))
+                await self._paced(lane)
+                if lane.buffer and lane.has_room():
+                    self._spawn(lane, lane.buffer.pop(0))
                 continue
             try:
-                claims = await self._store.claim(lane.name, self.consumer, 1, _BLOCK)
+                room = lane.config.concurrency - len(lane.running)
+                claims = await self._store.claim(lane.name, self.consumer, max(1, room), _BLOCK)
             except StoreError as error:
                 log.warning("jobs: cannot claim from the store: %s", error, extra={"pool": lane.name})
                 await asyncio.sleep(1.0)
                 continue
             lane.buffer.extend(claims)
             lane.buffer.sort(key=lambda claim: claim.priority)
+
+    @staticmethod
+    async def _paced(lane: _Lane) -> None:
+        """Wait for the pool's next start slot when it has a ``rate``."""
+        rate = lane.config.rate
+        if rate is None:
+            return
+        now = time.monotonic()
+        if lane.next_start > now:
+            await asyncio.sleep(lane.next_start - now)
+        lane.next_start = max(lane.next_start, now) + 1.0 / rate
 
     def _spawn(self, lane: _Lane, claim: Claim) -> None:
         token = f"{self.consumer}/{next(self._tokens)}"

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["Jobs", "Accepted", "Refused", "Found", "build_store", "new_id"]
 
 log = logging.getLogger("lbd.jobs")
+SUBMIT_PART = 200
+"""Jobs stored per store call: a part costs the event loop a few milliseconds."""
 _RESPONSE_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -141,9 +143,18 @@ class Jobs:
 
     # -- what the data plane asks -----------------------------------------------------------------------------
     async def submit(self, jobs: list[NewJob], max_queue: int, batch: BatchRecord | None = None) -> Accepted | Refused:
+        """Store and queue the jobs. A large batch goes in parts of ``SUBMIT_PART`` jobs (the
+        first counted whole against ``max_queue``), letting the event loop serve other requests
+        between parts; if a later part fails, the parts stored are cancelled."""
+        import asyncio
+
         pool = jobs[0].pool
         try:
-            stored = await self.store.submit(jobs, max_queue, batch)
+            stored = await self.store.submit(jobs[:SUBMIT_PART], max_queue, batch, counted=len(jobs))
+            if stored:
+                for start in range(SUBMIT_PART, len(jobs), SUBMIT_PART):
+                    await asyncio.sleep(0)
+                    await self._submit_part(jobs, start)
         except StoreError as error:
             log.error("jobs: cannot store a submission", extra={"pool": pool, "error": str(error)})
             self._count(pool, "rejected")
@@ -154,6 +165,38 @@ class Jobs:
         for _ in jobs:
             self._count(pool, "submitted")
         return Accepted([job.id for job in jobs], batch.id if batch else None)
+
+    async def submit_batch(self, template: NewJob, body: bytes, max_queue: int) -> Accepted | Refused:
+        """A batch ``{"requests": [BODY, ...]}``: one job like ``template`` per BODY (sent as
+        JSON), built a part at a time so a large batch does not hold up the event loop."""
+        import asyncio
+
+        from lbd.jobs.api import batch_bodies
+
+        bodies = batch_bodies(body)
+        if isinstance(bodies, str):
+            return Refused(400, "bad_batch", bodies)
+        batch_id = new_id("b")
+        jobs: list[NewJob] = []
+        t = template
+        for start in range(0, len(bodies), SUBMIT_PART):
+            if start:
+                await asyncio.sleep(0)
+            jobs += [NewJob(new_id(), t.pool, t.method, t.target, t.headers, item, t.tenant, t.priority, t.client_ip,
+                            t.callback, batch_id) for item in bodies[start:start + SUBMIT_PART]]
+        batch = BatchRecord(batch_id, t.pool, t.tenant, self._clock.now(), [job.id for job in jobs])
+        return await self.submit(jobs, max_queue, batch)
+
+    async def _submit_part(self, jobs: list[NewJob], start: int) -> None:
+        try:
+            await self.store.submit(jobs[start:start + SUBMIT_PART], None)
+        except StoreError:
+            for job in jobs[:start]:  # not accepted: what was stored must not run
+                try:
+                    await self.store.cancel(job.id, self.config.result_ttl)
+                except StoreError:
+                    break
+            raise
 
     async def lookup(self, item_id: str) -> Found | Refused:
         try:

@@ -22,14 +22,12 @@ substring search of their head.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from lbd.jobs.api import (
-    CALLBACK_HEADER, CREDENTIAL_FIELDS, Call, batch_bodies, json_response, parse_call, prefers_async,
-    priority_from, stored_headers,
+    CALLBACK_HEADER, CREDENTIAL_FIELDS, Call, json_response, parse_call, prefers_async, priority_from, stored_headers,
 )
-from lbd.jobs.base import BatchRecord, NewJob
+from lbd.jobs.base import NewJob
 from lbd.jobs.service import Accepted, Found, Refused, new_id
 from lbd.jobs.webhook import check_url
 from lbd.proxy.policies import Policies
@@ -214,23 +212,14 @@ class Deferred(Policies):
         if pool.auth is not None:
             drop.add(pool.auth.header)
         headers = stored_headers(self.headers, frozenset(drop) | CREDENTIAL_FIELDS)
-        if job.kind == "batch":
-            bodies = batch_bodies(body)
-            if isinstance(bodies, str):
-                self.fail(400, "bad_batch", bodies)
-                return
+        if job.kind == "batch":  # each BODY is sent as JSON
             headers = tuple(p for p in headers if p[0].lower() != "content-type") + (("content-type", "application/json"),)
-        else:
-            bodies = [body]
-        batch_id = new_id("b") if job.kind == "batch" else None
         priority = priority_from(self.header(pool.config.limits.priority_header), pool.config.jobs.priority)
-        callback = self.header(CALLBACK_HEADER.decode())
-        method = self.method.decode("latin-1")
-        new = [NewJob(new_id(), pool.name, method, job.target, headers, item, self.tenant, priority, self.client_ip,
-                      callback, batch_id) for item in bodies]
-        batch = BatchRecord(batch_id, pool.name, self.tenant, time.time(), [n.id for n in new]) if batch_id else None
-        self._await(jobs.submit(new, pool.config.jobs.max_queue or jobs.config.max_queue, batch),
-                    lambda result: self._submitted(jobs, job, result))
+        new = NewJob(new_id(), pool.name, self.method.decode("latin-1"), job.target, headers, body, self.tenant,
+                     priority, self.client_ip, self.header(CALLBACK_HEADER.decode()))
+        max_queue = pool.config.jobs.max_queue or jobs.config.max_queue
+        submitted = jobs.submit_batch(new, body, max_queue) if job.kind == "batch" else jobs.submit([new], max_queue)
+        self._await(submitted, lambda result: self._submitted(jobs, job, result))
 
     def _submitted(self, jobs: Jobs, job: _Submission, result: Accepted | Refused) -> None:
         if isinstance(result, Refused):
