@@ -59,6 +59,8 @@ class Recorder(ThreadServer):
     def __init__(self) -> None:
         self.started: Counter[str] = Counter()
         self.completed: Counter[str] = Counter()
+        self.most_at_once = 0
+        self._at_once = 0
         self._lock = threading.Lock()
         app = web.Application()
         app.router.add_post("/work", self._work)
@@ -69,7 +71,13 @@ class Recorder(ThreadServer):
         token = payload["token"]
         with self._lock:
             self.started[token] += 1
-        await asyncio.sleep(float(payload.get("delay", 0)))
+            self._at_once += 1
+            self.most_at_once = max(self.most_at_once, self._at_once)
+        try:
+            await asyncio.sleep(float(payload.get("delay", 0)))
+        finally:
+            with self._lock:
+                self._at_once -= 1
         with self._lock:
             self.completed[token] += 1
         return web.json_response({"token": token})

@@ -14,13 +14,12 @@ import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from lbd_worker.build import ensure_builtin
+from tests.support.jobs import request, submit
 from tests.support.procs import Proc, free_port, start_lbd, wait_for
 from tests.support.receivers import Recorder, WebhookReceiver
 
@@ -58,22 +57,6 @@ workers:
     model_dir: "{model_dir}"
     models: {{classifier: {{}}}}
 """
-
-
-def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read() or b"{}")
-
-
-def submit(port: int, path: str, body: bytes, callback: str | None = None) -> str:
-    headers = {"content-type": "application/json", **({"x-lbd-callback": callback} if callback else {})}
-    status, _, accepted = request("POST", f"http://127.0.0.1:{port}/v1/jobs{path}", body, headers)
-    assert status == 202, accepted
-    return accepted["id"]
 
 
 def views(port: int, ids: list[str]) -> dict[str, dict]:

@@ -10,6 +10,7 @@ import time
 import aiohttp
 import uvloop
 
+from lbd.cache import build_cache
 from lbd.config import load_config_text
 from lbd.jobs import Jobs
 from lbd.proxy.server import ProxyServer
@@ -34,6 +35,10 @@ pools:
     retry: {{attempts: 1}}
     outlier: {{enabled: false}}
     breaker: {{enabled: false}}
+    backends: [{{url: "http://127.0.0.1:{upstream}"}}]
+  cached:
+    match: {{path_prefix: /v2/cached}}
+    cache: {{exact: {{ttl: 1h}}}}
     backends: [{{url: "http://127.0.0.1:{upstream}"}}]
   slow:
     match: {{path_prefix: /slow}}
@@ -63,6 +68,8 @@ def run(upstream: int, scenario) -> None:
         port = free_port()
         config = load_config_text(CONFIG.format(port=port, upstream=upstream))
         server = ProxyServer(Runtime.build(config), asyncio.get_running_loop())
+        server.cache = build_cache(config.cache)
+        await server.cache.start()
         await server.start()
         server.jobs = jobs = Jobs(config.jobs, events=server.metrics)
         await jobs.start(server, {name: pool.jobs for name, pool in config.pools.items()})
@@ -72,6 +79,7 @@ def run(upstream: int, scenario) -> None:
         finally:
             await jobs.stop(1.0)
             await server.shutdown(0.5)
+            await server.cache.close()
 
     uvloop.run(main())
 
@@ -231,4 +239,19 @@ def test_callbacks_need_a_secret_and_an_allowed_url(upstreams):
     async def scenario(session: aiohttp.ClientSession, server: ProxyServer) -> None:
         async with session.post("/v1/jobs/echo/x", headers={"x-lbd-callback": "http://127.0.0.1:9/"}) as response:
             assert response.status == 400 and "secret" in (await response.json())["error"]
+    run(upstreams["a"], scenario)
+
+
+def test_a_jobs_run_goes_through_the_cache_like_any_request(upstreams):
+    async def scenario(session: aiohttp.ClientSession, server: ProxyServer) -> None:
+        before = upstream_requests(upstreams["a"])
+        body = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}'
+        views = []
+        for _ in range(2):
+            async with session.post("/v1/jobs/v2/cached/infer", data=body,
+                                    headers={"content-type": "application/json"}) as response:
+                views.append(await finished(session, response.headers["location"]))
+        caching = [dict(map(tuple, view["response"]["headers"]))["x-lbd-cache"] for view in views]
+        assert caching == ["miss", "hit"] and views[0]["response"]["body"] == views[1]["response"]["body"]
+        assert upstream_requests(upstreams["a"]) == before + 1
     run(upstreams["a"], scenario)

@@ -178,6 +178,19 @@ def test_a_batch_and_a_blocking_claim(redis_url, key_prefix):
     run(redis_url, key_prefix, scenario)
 
 
+def test_consumers_gone_quiet_with_nothing_held_are_forgotten(redis_url, key_prefix):
+    async def scenario(store: RedisStore) -> None:
+        await store.submit([job("j1"), job("j2")], 10)
+        (gone,) = await store.claim("p", "gone", 1, 0)
+        await store.release(gone)  # holds nothing now
+        await store.claim("p", "holding", 1, 0)
+        await asyncio.sleep(0.05)
+        await store._prune("p", idle=0.01)
+        consumers = await store._redis.xinfo_consumers(store._stream("p", NORMAL), "runners")
+        assert [consumer["name"] for consumer in consumers] == [b"holding"]
+    run(redis_url, key_prefix, scenario)
+
+
 @pytest.mark.timeout(30)
 def test_a_redis_that_is_away_is_a_store_error(own_redis, key_prefix):
     async def scenario() -> None:
