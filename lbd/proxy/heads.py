@@ -7,7 +7,7 @@ One pass over the fields each, one dict probe per field; hop-by-hop fields (and 
 from __future__ import annotations
 
 from lbd.proxy.http import (
-    F_CONNECTION, F_CONTENT_LENGTH, F_EXPECT, F_HOST, F_REQUEST_ID, F_RETRY_AFTER, F_TIMEOUT,
+    F_CONNECTION, F_CONTENT_LENGTH, F_EXPECT, F_HOST, F_PREFER, F_REQUEST_ID, F_RETRY_AFTER, F_TIMEOUT,
     F_TRANSFER_ENCODING, F_XFF, FIELDS, connection_tokens, status_line, strip_fields,
 )
 
@@ -20,7 +20,7 @@ class RequestFields:
     """What the data plane learned from a request's fields while building its head."""
 
     __slots__ = ("head", "body_mode", "content_length", "host", "request_id", "expect_continue", "timeout_ms",
-                 "problem")
+                 "problem", "prefer")
 
     def __init__(self) -> None:
         self.head = b""
@@ -32,6 +32,8 @@ class RequestFields:
         self.timeout_ms: int | None = None
         self.problem: tuple[int, str, str] | None = None
         """Why the request must be refused (status, code, message), if it must."""
+        self.prefer: bytes | None = None
+        """The ``Prefer`` fields (RFC 7240), joined; forwarded as they are."""
 
 
 def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], client_ip: bytes,
@@ -84,6 +86,9 @@ def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], 
             found.timeout_ms = int(value) if value.strip().isdigit() else None
         elif kind == F_RETRY_AFTER:
             out += (name, b": ", value, b"\r\n")
+        elif kind == F_PREFER:
+            found.prefer = value if found.prefer is None else found.prefer + b", " + value
+            out += (name, b": ", value, b"\r\n")
     if named is not None:
         out = strip_fields(out, 4, named)
     if authority is not None:
@@ -119,7 +124,7 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]]) -> tuple[list
         elif kind == F_RETRY_AFTER:
             retry_after = value
             out += (name, b": ", value, b"\r\n")
-        elif kind in (F_HOST, F_XFF, F_EXPECT, F_TIMEOUT):
+        elif kind in (F_HOST, F_XFF, F_EXPECT, F_TIMEOUT, F_PREFER):
             out += (name, b": ", value, b"\r\n")
         # other hop-by-hop fields, transfer-encoding included, are dropped: the framing
         # towards the client is the proxy's own

@@ -26,13 +26,13 @@ HOP_BY_HOP = frozenset({
 # Request and response fields the data plane acts on, looked up once per field with one
 # dict probe (the common case, a field to copy, misses).
 (F_HOP, F_CONNECTION, F_TRANSFER_ENCODING, F_CONTENT_LENGTH, F_HOST, F_XFF, F_REQUEST_ID, F_EXPECT,
- F_TIMEOUT, F_RETRY_AFTER) = range(10)
+ F_TIMEOUT, F_RETRY_AFTER, F_PREFER) = range(11)
 FIELDS = {name: F_HOP for name in HOP_BY_HOP}
 FIELDS.update({
     b"connection": F_CONNECTION, b"transfer-encoding": F_TRANSFER_ENCODING,
     b"content-length": F_CONTENT_LENGTH, b"host": F_HOST, b"x-forwarded-for": F_XFF,
     b"x-request-id": F_REQUEST_ID, b"expect": F_EXPECT, b"x-lbd-timeout-ms": F_TIMEOUT,
-    b"retry-after": F_RETRY_AFTER,
+    b"retry-after": F_RETRY_AFTER, b"prefer": F_PREFER,
 })
 
 
