@@ -38,6 +38,8 @@ log = logging.getLogger("lbd.jobs")
 RETRIABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 _BLOCK = 1.0
 _DEPTH_EVERY = 2.0
+_STOP_WAIT = 5.0
+"""Longest a stop waits for a cancelled task (a store call stuck on a dead connection)."""
 
 
 class RunError(RuntimeError):
@@ -145,7 +147,7 @@ class Runner:
             for _, task in lane.running.values():
                 task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            await asyncio.wait(tasks, timeout=_STOP_WAIT)
         for claim in held:
             try:
                 await self._store.release(claim)
@@ -153,7 +155,8 @@ class Runner:
                 log.warning("jobs: could not hand back job %s: %s", claim.job_id, error)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=_STOP_WAIT)
         if held:
             log.info("jobs: handed back to the queue", extra={"jobs": len(held)})
 

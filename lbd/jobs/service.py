@@ -133,9 +133,12 @@ class Jobs:
         if self.runner is not None:
             await self.runner.stop(grace)
         if self._deliverer_task is not None:
-            await asyncio.gather(self._deliverer_task, return_exceptions=True)
+            await asyncio.wait([self._deliverer_task], timeout=5.0)
         if close_store:
-            await self.store.close()
+            try:
+                await asyncio.wait_for(self.store.close(), 5.0)
+            except asyncio.TimeoutError:
+                log.warning("jobs: the store did not close in time")
 
     def _webhook_result(self, result: str) -> None:
         if self.events is not None and hasattr(self.events, "webhook_delivery"):
