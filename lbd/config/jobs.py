@@ -80,7 +80,8 @@ class WebhookConfig(_Strict):
         return self
 
     def secret_bytes(self, base_dir: Path | None = None) -> bytes | None:
-        """The signing key (read from ``secret_file`` each call); ``None`` when none is set."""
+        """The signing key; ``None`` when none is set. The jobs read it when they start (and
+        on a reload that changes the ``jobs:`` section)."""
         if self.secret is not None:
             return self.secret.encode()
         if self.secret_file is None:

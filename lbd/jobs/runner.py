@@ -97,6 +97,7 @@ class Runner:
         """Lanes of pools a reload removed, until their runs are over."""
         self._tokens = itertools.count(1)
         self._stopping = False
+        self._store_down = False
         self._tasks: list[asyncio.Task] = []
         self.depths: dict[str, int] = {}
         """Jobs waiting per pool, as last sampled (for the metrics)."""
@@ -176,9 +177,10 @@ class Runner:
                 room = lane.config.concurrency - len(lane.running)
                 claims = await self._store.claim(lane.name, self.consumer, max(1, room), _BLOCK)
             except StoreError as error:
-                log.warning("jobs: cannot claim from the store: %s", error, extra={"pool": lane.name})
+                self._store_failed("claim", error)
                 await asyncio.sleep(1.0)
                 continue
+            self._store_back()
             lane.buffer.extend(claims)
             lane.buffer.sort(key=lambda claim: claim.priority)
 
@@ -261,6 +263,17 @@ class Runner:
         backoff = self._config.backoff
         return self._rng.uniform(0, min(backoff.max, backoff.base * 2 ** min(attempt - 1, 30)))
 
+    def _store_failed(self, what: str, error: StoreError) -> None:
+        """Say once that the store is away (every lane and loop retries each second)."""
+        if not self._store_down:
+            self._store_down = True
+            log.warning("jobs: the store is unavailable; retrying", extra={"step": what, "error": str(error)})
+
+    def _store_back(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            log.info("jobs: the store is reachable again")
+
     # -- keeping claims -----------------------------------------------------------------------------------
     async def _renew_loop(self) -> None:
         while True:
@@ -269,7 +282,7 @@ class Runner:
             try:
                 lost = await self._store.renew(self.consumer, claims)
             except StoreError as error:
-                log.warning("jobs: cannot renew claims: %s", error)
+                self._store_failed("renew claims", error)
                 continue
             for claim in lost:
                 self._drop(claim)
@@ -300,7 +313,7 @@ class Runner:
                     if now >= next_depth:
                         self.depths[lane.name] = await self._store.depth(lane.name)
             except StoreError as error:
-                log.warning("jobs: store maintenance failed: %s", error)
+                self._store_failed("maintain the queues", error)
             if now >= next_reclaim:
                 next_reclaim = now + self._config.visibility_timeout / 2
             if now >= next_depth:

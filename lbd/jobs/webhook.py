@@ -88,6 +88,7 @@ class Deliverer:
         self._clock, self._rng = clock or WALL, rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._sending: set[asyncio.Task] = set()
+        self._store_down = False
 
     async def run(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._config.timeout))
@@ -95,8 +96,11 @@ class Deliverer:
             while True:
                 try:
                     due = await self._store.due_callbacks(self._config.timeout * 2 + 1.0, _BATCH)
+                    self._store_down = False
                 except StoreError as error:
-                    log.warning("webhooks: the job store is unavailable: %s", error)
+                    if not self._store_down:  # said once; the loop retries every 0.2 s
+                        log.warning("webhooks: the job store is unavailable: %s", error)
+                    self._store_down = True
                     due = []
                 for job_id in due:
                     task = asyncio.ensure_future(self.deliver(job_id))

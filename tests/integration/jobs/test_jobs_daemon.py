@@ -96,3 +96,34 @@ def test_concurrency_and_rate_bound_a_pools_runs(tmp_path, recorder):
         assert starts[-1] - starts[0] >= 11 / 20 - 0.05  # 12 starts at 20/s take at least 0.55 s
     finally:
         proc.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_redis_that_goes_away_refuses_submissions_and_nothing_else(tmp_path, recorder):
+    from tests.support.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path).start()
+    port = free_port()
+    text = CONFIG.format(port=port, admin=free_port(), recorder=recorder.url, ttl="1h", concurrency=2, rate="null")
+    text = text.replace("jobs: {result_ttl", f'jobs: {{store: "{redis.url}", operation_timeout: 300ms, result_ttl')
+    proc = start_lbd(tmp_path, text, port)
+    revived = None
+    try:
+        job_id = submit(port, "/work", b'{"token": "before"}')
+        wait_for(lambda: state(port, job_id)["state"] == "succeeded", timeout=20, what="a job with Redis up")
+        redis.kill()
+        status, headers, body = request("POST", f"http://127.0.0.1:{port}/v1/jobs/work", b'{"token": "x"}')
+        headers = {name.lower(): value for name, value in headers.items()}
+        assert (status, body["code"], headers["retry-after"]) == (503, "jobs_unavailable", "5")
+        status, _, body = request("POST", f"http://127.0.0.1:{port}/work", b'{"token": "sync"}')
+        assert (status, body) == (200, {"token": "sync"})  # interactive traffic does not need Redis
+        revived = RedisServer(tmp_path, port=redis.port).start()  # back (empty: this one keeps no data)
+        wait_for(lambda: request("POST", f"http://127.0.0.1:{port}/v1/jobs/work", b'{"token": "after"}')[0] == 202,
+                 timeout=20, what="submissions accepted again")
+        wait_for(lambda: recorder.completed["after"] >= 1, timeout=20, what="the runner claiming again")
+        assert proc.output().count("the store is unavailable; retrying") <= 1  # said once, not every second
+    finally:
+        proc.stop()
+        redis.kill()
+        if revived is not None:
+            revived.kill()
