@@ -9,7 +9,8 @@ the others. Each step that changes a record and its entry together is one Lua sc
 (:mod:`lbd.jobs.lua`). A finished job's hash expires after the result TTL.
 
 Durable as Redis is: run it with ``appendonly yes`` (``appendfsync everysec`` loses at most
-a second of submissions on a crash of Redis itself, ``always`` none). Every call is bounded
+a second of submissions on a crash of Redis itself, ``always`` none) and
+``maxmemory-policy noeviction`` (an LRU policy, right for a cache, would evict queued jobs). Every call is bounded
 by ``timeout`` and raises :class:`~lbd.jobs.base.StoreError` when Redis is away.
 """
 
