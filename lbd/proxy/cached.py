@@ -66,21 +66,8 @@ class Cached(Admission):
             self._attempt()
         elif self.method not in _CACHEABLE_METHODS:
             self._bypass()
-        elif self.request_done:
-            self._look_up()
-        elif not self._replayable:
-            self._bypass()
         else:
-            self._body_waiter = self._body_arrived
-
-    def _body_arrived(self) -> None:
-        self._body_waiter = None
-        if self.finished:
-            return
-        if self.request_done and self._replayable:
-            self._look_up()
-        else:
-            self._bypass()  # too large to key on: stream it upstream
+            self._with_body(self._look_up, self._bypass)  # too large to key on: stream it upstream
 
     def _bypass(self) -> None:
         self._cache_result("bypass")

@@ -108,7 +108,10 @@ class Exchange(Deferred):
     # -- attempts ----------------------------------------------------------------------
     def _attempt(self) -> None:
         pool: Pool = self.pool  # type: ignore[assignment]
-        if pool.needs_body and not self._body_in_hand():
+        if pool.needs_body and self._replayable and not self.request_done:
+            # a balancer that reads the body: pick once it is whole, or kept as far as it is
+            # (REPLAY_LIMIT, reading then paused); the client's body timeout still applies
+            self._with_body(self._attempt, self._attempt)
             return
         backend, saturated = pool.select(self, self.tried)
         if backend is None:
@@ -124,21 +127,6 @@ class Exchange(Deferred):
             self._attach(conn)
         else:
             self._connect(backend)
-
-    def _body_in_hand(self) -> bool:
-        """For a balancer that reads the body (``needs_body``): is it complete, or buffered as
-        far as it is kept (REPLAY_LIMIT, reading then paused)? If not, the request waits
-        until :class:`Request` calls :meth:`_body_ready` (the client's body timeout still
-        applies)."""
-        if self.request_done or not self._replayable:
-            return True
-        self._body_waiter = self._body_ready
-        return False
-
-    def _body_ready(self) -> None:
-        self._body_waiter = None
-        if not self.finished:
-            self._attempt()
 
     def _no_backend(self, pool: Pool, saturated: bool) -> None:
         queue = pool.queue

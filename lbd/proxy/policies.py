@@ -145,7 +145,8 @@ class Policies(Cached):
         self.client.server.metrics.policies.fallback(self.pool.name, target.name, reason, self.retries)  # type: ignore[union-attr,attr-defined]
         self._move_to(target)
         if step.model is not None and self.fields.body_mode != BODY_NONE and not self.request_done:
-            self._body_waiter = lambda: self._body_for(step, failure)  # the body names the model too
+            # the body names the model too; too large to keep is too large to rewrite
+            self._with_body(lambda: self._resume(step), lambda: self._give_up(failure))
             return
         self._resume(step)
 
@@ -156,15 +157,6 @@ class Policies(Cached):
         self._failure = None  # type: ignore[attr-defined]
         self._queued = False  # type: ignore[attr-defined]
         pool.budget.record_request()
-
-    def _body_for(self, step: FallbackTarget, failure: tuple[int, str, str]) -> None:
-        self._body_waiter = None
-        if self.finished:
-            return
-        if self.request_done and self._replayable:
-            self._resume(step)
-        else:
-            self._give_up(failure)  # too large to keep, so too large to rewrite
 
     def _resume(self, step: FallbackTarget) -> None:
         if step.model is not None:
@@ -198,21 +190,7 @@ class Policies(Cached):
 
     # -- cascade ------------------------------------------------------------------------
     def _cascade(self) -> None:
-        if self.request_done:
-            self._run_cascade()
-        elif not self._replayable:
-            self._cascade_too_large()
-        else:
-            self._body_waiter = self._cascade_body_arrived
-
-    def _cascade_body_arrived(self) -> None:
-        self._body_waiter = None
-        if self.finished:
-            return
-        if self.request_done and self._replayable:
-            self._run_cascade()
-        else:
-            self._cascade_too_large()
+        self._with_body(self._run_cascade, self._cascade_too_large)
 
     def _cascade_too_large(self) -> None:
         self.fail(413, "body_too_large", f"pool {self.pool.name!r} runs a cascade, which reads the whole "  # type: ignore[attr-defined,union-attr]

@@ -108,6 +108,22 @@ class Request:
         return b"".join(parts)[:size]
 
     # -- request body (from the client) --------------------------------------------------
+    def _with_body(self, whole, too_large) -> None:
+        """For a stage that reads the whole body: ``whole()`` once it is complete and kept,
+        ``too_large()`` once it is known not to be (over REPLAY_LIMIT); at once when that is
+        known already, else when :meth:`on_request_body` or :meth:`on_request_end` tells."""
+        if not self._replayable:
+            too_large()
+        elif self.request_done:
+            whole()
+        else:
+            def settled() -> None:
+                self._body_waiter = None
+                if not self.finished:
+                    self._with_body(whole, too_large)
+
+            self._body_waiter = settled
+
     @property
     def body(self) -> bytes | None:
         """The whole body, once received, if it was small enough to keep; else ``None``."""

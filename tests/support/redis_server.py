@@ -26,7 +26,9 @@ class RedisServer:
             pytest.fail("redis-server is not installed (`make test` installs it)")
         self._proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--dir", str(self.folder)],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--enable-debug-command", "local",  # DEBUG SLEEP: a test's stalled server
+             "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, timeout=10)
         return self

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,33 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import free_port, wait_port
-
-
-class RedisServer:
-    """A ``redis-server`` child on loopback that tests may kill and start again."""
-
-    def __init__(self, folder: Path, port: int | None = None) -> None:
-        self.folder, self.port = folder, port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed and REDIS_URL is not set (`make test` installs it)")
-        self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--enable-debug-command", "local", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, timeout=10)
-        return self
-
-    def kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait(10)
-            self._proc = None
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

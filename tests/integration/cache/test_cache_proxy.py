@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cache.conftest import RedisServer
+from tests.support.redis_server import RedisServer
 from tests.support.procs import free_port, start_lbd, start_upstream, upstream_requests, wait_for
 
 
@@ -360,3 +360,29 @@ workers:
     served = [line for line in lines if line.startswith("lbd_requests_total") and 'pool="minilm"' in line]
     assert served and sum(float(line.rsplit(" ", 1)[1]) for line in served) >= 2, served
     assert not [line for line in lines if line.startswith("lbd_cache_requests_total") and 'pool="minilm"' in line]
+
+
+def test_a_large_body_already_whole_when_admitted_is_not_keyed(fleet: Fleet) -> None:
+    """Pipelined behind a slow request, a body over 64KiB is whole before its turn comes:
+    it must bypass the cache, not be keyed as if it were empty."""
+    import socket
+
+    port, _ = fleet.lbd()
+
+    def pipelined(fill: bytes) -> dict:
+        body = b'{"x": "' + fill * 70_000 + b'"}'
+        raw = (b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%b"
+               % (len(body), body))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        second = data[data.index(b"HTTP/1.1 ", 1):]
+        head, _, payload = second.partition(b"\r\n\r\n")
+        assert b"x-lbd-cache: bypass" in head.lower(), head
+        return json.loads(payload)
+
+    first, second = pipelined(b"a"), pipelined(b"b")
+    assert first["body_sha256"] != second["body_sha256"]  # each answer is its own request's
