@@ -144,6 +144,9 @@ def start_proxy(name: str, run_dir: Path, port: int, upstreams: Upstreams, cpu: 
     elif name == "bare-python":
         argv = [python, str(HERE / "bare_proxy.py"), str(port),
                 f"127.0.0.1:{up1}", f"127.0.0.1:{up2}"]
+    elif name == "floor":
+        argv = [python, str(HERE / "floor_proxy.py"), str(port),
+                f"127.0.0.1:{up1}", f"127.0.0.1:{up2}"]
     elif name == "lbd":
         conf = render("lbd.yaml.tmpl", run_dir / "lbd.yaml", port=port, up1=up1, up2=up2)
         lbd = lbd_command(python)
