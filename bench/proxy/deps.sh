@@ -41,6 +41,11 @@ ensure_python_modules() {
         echo "bench: installing uvloop httptools into $PYTHON" >&2
         "$PYTHON" -m pip install -q uvloop httptools
     fi
+    # Cython builds bench/proxy/lane (the cython-lane entry); gcc comes with Debian's build tools.
+    if ! "$PYTHON" -c 'import Cython' 2>/dev/null; then
+        echo "bench: installing cython into $PYTHON" >&2
+        "$PYTHON" -m pip install -q cython
+    fi
 }
 
 ensure_py_spy() {

@@ -31,7 +31,7 @@ from profiling import profile
 from report import Result, machine, report
 from servers import ROOT, Process, Skip, Upstreams, free_port, start_proxy
 
-PROXIES = ("nginx", "haproxy", "floor", "bare-python", "lbd")
+PROXIES = ("nginx", "haproxy", "floor", "bare-python", "cython-lane", "lbd")
 
 
 def bench_proxy(name: str, run_dir: Path, upstreams: Upstreams, args: argparse.Namespace,

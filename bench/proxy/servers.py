@@ -147,6 +147,10 @@ def start_proxy(name: str, run_dir: Path, port: int, upstreams: Upstreams, cpu: 
     elif name == "floor":
         argv = [python, str(HERE / "floor_proxy.py"), str(port),
                 f"127.0.0.1:{up1}", f"127.0.0.1:{up2}"]
+    elif name == "cython-lane":
+        _build_lane(python)
+        argv = [python, str(HERE / "lane" / "lane_proxy.py"), str(port),
+                f"127.0.0.1:{up1}", f"127.0.0.1:{up2}"]
     elif name == "lbd":
         conf = render("lbd.yaml.tmpl", run_dir / "lbd.yaml", port=port, up1=up1, up2=up2)
         lbd = lbd_command(python)
@@ -176,6 +180,14 @@ def lbd_command(python: str) -> list[str]:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         raise Skip(f"lbd is not installed and `import lbd.cli` fails: {last}")
     return [python, "-c", "import sys; from lbd.cli import main; sys.exit(main())"]
+
+
+def _build_lane(python: str) -> None:
+    """Build bench/proxy/lane/lane.pyx (Cython) when its extension is missing or stale."""
+    build = subprocess.run([python, str(HERE / "lane" / "build.py")], capture_output=True,
+                           text=True, cwd=ROOT)
+    if build.returncode != 0:
+        raise Skip(f"cython-lane: {build.stderr.strip() or f'build.py status {build.returncode}'}")
 
 
 def _config_check(argv: list[str], name: str) -> None:
