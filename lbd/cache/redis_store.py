@@ -15,6 +15,13 @@ Failing open: each call is bounded by ``operation_timeout``; an error or timeout
 and marks Redis down, after which calls return a miss at once until a backoff (full jitter,
 ``base`` doubling to ``max``) has passed; the next call then tries again. Nothing here raises
 into the request path.
+
+Every await on Redis here, the follower's included, goes through :meth:`RedisStore._bounded`,
+not ``asyncio.wait_for``: on Python 3.11, ``wait_for`` returns the result instead of raising
+when its task is cancelled just as the awaited operation finishes, and redis-py wraps each
+socket write in one, so a single ``cancel()`` of a task that talks to Redis can be lost.
+:meth:`RedisStore.close` therefore also tells the follower to stop (a flag it checks each
+round) and cancels it until it has stopped, within ``_CLOSE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ _log = logging.getLogger("lbd.cache.redis")
 _T = TypeVar("_T")
 _BLOCK_MS = 1000
 _BATCH = 500
+_CLOSE_TIMEOUT = 2.0
+"""The most :meth:`RedisStore.close` waits for the follower and for calls still running."""
+_RECANCEL_EVERY = 0.1
 
 
 @dataclass
@@ -72,6 +82,8 @@ class RedisStore:
         self._failures, self._retry_at = 0, 0.0
         self._origin = digest(str(id(self)).encode(), str(self._rng.random()).encode())[:12]
         self._follower: asyncio.Task | None = None
+        self._closing = False
+        self._abandoned: set[asyncio.Future] = set()
         self.stats = RedisStats()
 
     # -- fail-open plumbing -------------------------------------------------------------
@@ -81,12 +93,43 @@ class RedisStore:
             self.stats.skipped += 1
             return default
         try:
-            result = await asyncio.wait_for(operation(), self._bulk_timeout if bulk else self._timeout)
+            result = await self._bounded(operation(), self._bulk_timeout if bulk else self._timeout)
         except (RedisError, OSError, asyncio.TimeoutError, EntryFormatError) as error:
             self._failed(error, loop_now)
             return default
         self._succeeded()
         return result
+
+    async def _bounded(self, operation: Awaitable[_T], timeout: float) -> _T:
+        """``operation``'s result, or :class:`TimeoutError` once ``timeout`` has passed.
+
+        Unlike ``asyncio.wait_for`` on Python 3.11 it never turns the caller's cancellation
+        into a result (the caller is cancelled, whatever ``operation`` did meanwhile), and
+        it does not wait for ``operation`` to acknowledge its own cancellation: that runs on
+        in the background (bounded by the clients' socket timeouts) and :meth:`close`
+        cancels what is left of it."""
+        task = asyncio.ensure_future(operation)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            raise asyncio.TimeoutError(f"no answer from redis within {timeout}s")
+        return task.result()
+
+    def _abandon(self, task: asyncio.Future) -> None:
+        task.cancel()
+        if task.done():
+            _retrieve(task)
+        else:
+            self._abandoned.add(task)
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Future) -> None:
+        self._abandoned.discard(task)
+        _retrieve(task)
 
     def _failed(self, error: BaseException, loop_now: float) -> None:
         self.stats.errors += 1
@@ -148,11 +191,25 @@ class RedisStore:
         return removed
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
-        await self._redis.aclose()
-        await self._reader.aclose()
+        """Stops the follower, cancels the calls still running and closes the connections;
+        returns within ``_CLOSE_TIMEOUT`` seconds or very little more, whatever Redis does
+        (in practice at once)."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_TIMEOUT
+        follower, self._follower = self._follower, None
+        if follower is not None and not await _cancel_until_done(follower, _CLOSE_TIMEOUT):
+            _log.warning("the redis cache feed follower did not stop within %ss", _CLOSE_TIMEOUT)
+        abandoned = list(self._abandoned)
+        for task in abandoned:
+            task.cancel()
+        if abandoned:
+            await asyncio.wait(abandoned, timeout=max(deadline - loop.time(), 0.01))
+        for client in (self._redis, self._reader):
+            try:
+                await self._bounded(client.aclose(), max(deadline - loop.time(), 0.1))
+            except (RedisError, OSError, asyncio.TimeoutError) as error:
+                _log.warning("closing the redis cache connections failed: %r", error)
 
     # -- VectorFeed -----------------------------------------------------------------------
     async def publish(self, record: VectorRecord) -> None:
@@ -177,7 +234,7 @@ class RedisStore:
     async def load(self) -> list[VectorRecord]:
         """Raises when Redis cannot answer (unlike the request-path calls): the caller, the
         feed follower, then keeps its index and tries again after a backoff."""
-        return await asyncio.wait_for(self._load_all(), self._bulk_timeout * 10)
+        return await self._bounded(self._load_all(), self._bulk_timeout * 10)
 
     async def _load_all(self) -> list[VectorRecord]:
         records, batch = [], []
@@ -198,12 +255,12 @@ class RedisStore:
     async def _follow(self, on_add: VectorListener, on_purge: PurgeListener,
                       on_resync: Callable[[], Awaitable[None]], on_failure: Callable[[], None] | None) -> None:
         failures = 0
-        while True:
+        while not self._closing:  # besides the cancellation: close() stops it even if one is lost
             try:
                 last = await self._latest_id()
                 await on_resync()
                 failures = 0
-                while True:
+                while not self._closing:
                     last = await self._read_feed(last, on_add, on_purge)
             except asyncio.CancelledError:
                 raise
@@ -217,17 +274,40 @@ class RedisStore:
                 await asyncio.sleep(self._rng.uniform(base / 2, min(cap, base * 2 ** min(failures, 30))))
 
     async def _latest_id(self) -> bytes:
-        newest = await self._reader.xrevrange(self._feed, count=1)
+        newest = await self._bounded(self._reader.xrevrange(self._feed, count=1), self._bulk_timeout)
         return newest[0][0] if newest else b"0-0"
 
     async def _read_feed(self, last: bytes, on_add: VectorListener, on_purge: PurgeListener) -> bytes:
-        answer = await self._reader.xread({self._feed: last}, count=_BATCH, block=_BLOCK_MS)
+        answer = await self._bounded(self._reader.xread({self._feed: last}, count=_BATCH, block=_BLOCK_MS),
+                                     _BLOCK_MS / 1000 + self._bulk_timeout)
         for _, messages in answer or ():
             for message_id, fields in messages:
                 last = message_id
                 if fields.get(b"o") != self._origin.encode():
                     _dispatch(fields, on_add, on_purge)
         return last
+
+
+async def _cancel_until_done(task: asyncio.Task, timeout: float) -> bool:
+    """Cancels ``task`` again every ``_RECANCEL_EVERY`` seconds until it is done (a
+    cancellation can be lost, see the module's notes), for at most ``timeout`` seconds;
+    returns whether it is done. Never waits on the task's own awaits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        task.cancel()
+        await asyncio.wait((task,), timeout=min(_RECANCEL_EVERY, remaining))
+    _retrieve(task)
+    return True
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Marks a finished task's exception as seen (it was counted, or is no longer wanted)."""
+    if task.done() and not task.cancelled():
+        task.exception()
 
 
 def _dispatch(fields: dict[bytes, bytes], on_add: VectorListener, on_purge: PurgeListener) -> None:

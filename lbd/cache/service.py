@@ -80,7 +80,8 @@ class ResponseCache:
 
             self._feed.follow(self.semantic.on_add, self.semantic.on_purge, resync, first_try.set)
             try:
-                await asyncio.wait_for(first_try.wait(), load_timeout)
+                async with asyncio.timeout(load_timeout):  # wait_for (3.11) can lose a cancellation
+                    await first_try.wait()
             except asyncio.TimeoutError:
                 _log.warning("the shared cache index is still loading; serving meanwhile")
         self._expirer = asyncio.get_running_loop().create_task(self._expire_forever(expire_every))

@@ -213,3 +213,96 @@ def test_build_cache_shares_entries_through_the_configured_redis(redis_url, pref
         await first.close()
         await second.close()
     asyncio.run(scenario())
+
+
+async def _seed_index(url: str, prefix: str, count: int) -> None:
+    import numpy as np
+
+    from lbd.cache.base import VectorRecord
+
+    seeder = RedisStore(url, prefix=prefix, timeout=0.5)
+    for number in range(count):
+        await seeder.publish(VectorRecord("p", f"k{number}", f"text {number}", np.ones(384, np.float32),
+                                          time.time() + 600))
+    await seeder.close()
+
+
+def test_close_returns_promptly_whatever_the_feed_follower_is_doing(redis_url, prefix) -> None:
+    """close() lands at every moment of the follower's start (latest id, index load, first
+    reads). A cancellation lost inside redis-py's wait_for (Python 3.11) used to leave the
+    follower reading the feed forever and close() waiting on it (the CI hang of the test
+    above)."""
+    async def scenario() -> None:
+        await _seed_index(redis_url, prefix, 20)
+        for round_ in range(100):
+            store = RedisStore(redis_url, prefix=prefix, timeout=0.05, backoff_base=0.05, backoff_max=0.2)
+
+            async def resync(store: RedisStore = store) -> None:
+                await store.load()
+            store.follow(lambda record: None, lambda scope: None, resync)
+            for _ in range(round_ % 50):  # one loop iteration each: close() at a different moment
+                await asyncio.sleep(0)
+            started = time.monotonic()
+            closing = asyncio.ensure_future(store.close())
+            done, _ = await asyncio.wait({closing}, timeout=3.0)
+            if not done:
+                follower = store._follower
+                while follower is not None and not follower.done():  # don't leave it running
+                    follower.cancel()
+                    await asyncio.wait({follower}, timeout=0.1)
+                await closing
+            assert done, f"close() still waiting after 3s (round {round_})"
+            assert time.monotonic() - started < 1.0
+            closing.result()
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_call_is_cancelled_whenever_the_cancellation_lands(redis_url, prefix) -> None:
+    """A request whose task is cancelled (the client went away) stops there: the cache never
+    turns the cancellation into a result, even when it lands as Redis answers."""
+    async def scenario() -> None:
+        from lbd.cache.base import Entry
+
+        store = RedisStore(redis_url, prefix=prefix, timeout=0.5)
+        await store.set("key", Entry(200, (), b"1", time.time(), 60.0))
+        assert await store.get("key") is not None
+        swallowed = cancelled = 0
+        for round_ in range(300):
+            task = asyncio.ensure_future(store.get("key"))
+            for _ in range(round_ % 15):
+                await asyncio.sleep(0)
+            if task.done():
+                continue
+            task.cancel()
+            await asyncio.wait({task})
+            cancelled += 1
+            swallowed += not task.cancelled()
+        assert cancelled >= 100
+        assert swallowed == 0, f"{swallowed} of {cancelled} cancellations turned into a result"
+        await store.close()
+    asyncio.run(scenario())
+
+
+def test_a_follower_facing_a_server_that_never_answers_gives_up_in_time_and_closes_at_once(prefix) -> None:
+    """Connections accepted, nothing ever answered: the follower's reads are bounded (it
+    reports a failure and tries again) and close() does not wait for them."""
+    async def scenario() -> None:
+        async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(1 << 16):
+                pass  # reads every command, answers none
+            writer.close()
+        server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix=prefix, timeout=0.05, backoff_base=0.05,
+                           backoff_max=0.2)
+        failures: list[float] = []
+        started = time.monotonic()
+        store.follow(lambda record: None, lambda scope: None, store.load,
+                     lambda: failures.append(time.monotonic() - started))
+        await eventually(lambda: failures, 6.0, "the follower's first failure")
+        assert failures[0] < 5.0
+        closing_started = time.monotonic()
+        await asyncio.wait_for(store.close(), 3.0)
+        assert time.monotonic() - closing_started < 1.0
+        server.close()
+    asyncio.run(scenario())
