@@ -4,8 +4,8 @@ The first request with a key leads (goes upstream); later ones follow: they wait
 leader's future, bounded by their own timeout. The leader resolves it with the entry it
 stored, or with ``None`` when its answer was not storable or it failed; followers that get
 ``None`` elect a new leader among themselves (one goes upstream, the rest wait again), so a
-failed leader does not send every follower upstream at once. Futures are shielded: a
-follower that gives up does not cancel the others' wait.
+failed leader does not send every follower upstream at once. A follower never cancels the
+future: one that gives up (timed out, or its request gone) does not end the others' wait.
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ class Coalescer:
         future = self._inflight.get(key)
         if future is None:
             return False
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout) if timeout > 0 else None
-        except asyncio.TimeoutError:
+        if timeout <= 0:
             return None
+        # asyncio.wait never cancels the future (no shield needed) and, unlike wait_for on
+        # Python 3.11, never turns this follower's cancellation into the leader's answer
+        done, _ = await asyncio.wait((future,), timeout=timeout)
+        return future.result() if done else None
 
     def finish(self, ticket: Ticket, entry: Entry | None) -> None:
         """Hands ``entry`` (or ``None``) to the followers and frees the key."""

@@ -16,7 +16,7 @@ and marks Redis down, after which calls return a miss at once until a backoff (f
 ``base`` doubling to ``max``) has passed; the next call then tries again. Nothing here raises
 into the request path.
 
-Every await on Redis here, the follower's included, goes through :meth:`RedisStore._bounded`,
+Every await on Redis here, the follower's included, goes through :func:`lbd.aio.bounded`,
 not ``asyncio.wait_for``: on Python 3.11, ``wait_for`` returns the result instead of raising
 when its task is cancelled just as the awaited operation finishes, and redis-py wraps each
 socket write in one, so a single ``cancel()`` of a task that talks to Redis can be lost.
@@ -39,6 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from lbd.aio import bounded, cancel_until_done, finish_off
 from lbd.cache.base import Entry, EntryFormatError, PurgeListener, Scope, SystemClock, VectorListener, VectorRecord, \
     WallClock
 from lbd.cache.keys import digest, label, tenant_label
@@ -51,7 +52,6 @@ _BLOCK_MS = 1000
 _BATCH = 500
 _CLOSE_TIMEOUT = 2.0
 """The most :meth:`RedisStore.close` waits for the follower and for calls still running."""
-_RECANCEL_EVERY = 0.1
 
 
 @dataclass
@@ -101,35 +101,11 @@ class RedisStore:
         return result
 
     async def _bounded(self, operation: Awaitable[_T], timeout: float) -> _T:
-        """``operation``'s result, or :class:`TimeoutError` once ``timeout`` has passed.
-
-        Unlike ``asyncio.wait_for`` on Python 3.11 it never turns the caller's cancellation
-        into a result (the caller is cancelled, whatever ``operation`` did meanwhile), and
-        it does not wait for ``operation`` to acknowledge its own cancellation: that runs on
-        in the background (bounded by the clients' socket timeouts) and :meth:`close`
-        cancels what is left of it."""
-        task = asyncio.ensure_future(operation)
-        try:
-            done, _ = await asyncio.wait((task,), timeout=timeout)
-        except asyncio.CancelledError:
-            self._abandon(task)
-            raise
-        if not done:
-            self._abandon(task)
-            raise asyncio.TimeoutError(f"no answer from redis within {timeout}s")
-        return task.result()
-
-    def _abandon(self, task: asyncio.Future) -> None:
-        task.cancel()
-        if task.done():
-            _retrieve(task)
-        else:
-            self._abandoned.add(task)
-            task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Future) -> None:
-        self._abandoned.discard(task)
-        _retrieve(task)
+        """``operation``'s result, or :class:`TimeoutError` once ``timeout`` has passed
+        (:func:`lbd.aio.bounded`: the caller's cancellation is never turned into a result;
+        what is given up on runs on in the background, bounded by the clients' socket
+        timeouts, and :meth:`close` cancels what is left of it)."""
+        return await bounded(operation, timeout, self._abandoned, what="redis")
 
     def _failed(self, error: BaseException, loop_now: float) -> None:
         self.stats.errors += 1
@@ -198,13 +174,9 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CLOSE_TIMEOUT
         follower, self._follower = self._follower, None
-        if follower is not None and not await _cancel_until_done(follower, _CLOSE_TIMEOUT):
+        if follower is not None and not await cancel_until_done(follower, _CLOSE_TIMEOUT):
             _log.warning("the redis cache feed follower did not stop within %ss", _CLOSE_TIMEOUT)
-        abandoned = list(self._abandoned)
-        for task in abandoned:
-            task.cancel()
-        if abandoned:
-            await asyncio.wait(abandoned, timeout=max(deadline - loop.time(), 0.01))
+        await finish_off(self._abandoned, deadline - loop.time())
         for client in (self._redis, self._reader):
             try:
                 await self._bounded(client.aclose(), max(deadline - loop.time(), 0.1))
@@ -286,28 +258,6 @@ class RedisStore:
                 if fields.get(b"o") != self._origin.encode():
                     _dispatch(fields, on_add, on_purge)
         return last
-
-
-async def _cancel_until_done(task: asyncio.Task, timeout: float) -> bool:
-    """Cancels ``task`` again every ``_RECANCEL_EVERY`` seconds until it is done (a
-    cancellation can be lost, see the module's notes), for at most ``timeout`` seconds;
-    returns whether it is done. Never waits on the task's own awaits."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not task.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
-        task.cancel()
-        await asyncio.wait((task,), timeout=min(_RECANCEL_EVERY, remaining))
-    _retrieve(task)
-    return True
-
-
-def _retrieve(task: asyncio.Future) -> None:
-    """Marks a finished task's exception as seen (it was counted, or is no longer wanted)."""
-    if task.done() and not task.cancelled():
-        task.exception()
 
 
 def _dispatch(fields: dict[bytes, bytes], on_add: VectorListener, on_purge: PurgeListener) -> None:

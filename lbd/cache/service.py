@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from lbd.aio import bounded
 from lbd.cache.base import Embedder, Entry, Scope, Store, SystemClock, VectorFeed, VectorRecord, WallClock
 from lbd.cache.coalesce import Coalescer
 from lbd.cache.embedders import Embedders
@@ -204,7 +205,9 @@ class ResponseCache:
         try:
             embedder = self.embedders.get(settings.embedder)
             timeout = getattr(settings.embedder, "timeout", _EMBED_TIMEOUT)
-            return await asyncio.wait_for(embedder.embed(text), timeout)
+            # not wait_for: on Python 3.11 it can hand a cancelled lookup the vector, and the
+            # lookup then goes on (it may even take the coalescing lead) for a request that is gone
+            return await bounded(embedder.embed(text), timeout, what="the embedder")
         except Exception as error:  # noqa: BLE001 - a miss, counted
             self.stats["embedder-error"] += 1
             _log.debug("embedding failed: %r", error)

@@ -12,6 +12,11 @@ Durable as Redis is: run it with ``appendonly yes`` (``appendfsync everysec`` lo
 a second of submissions on a crash of Redis itself, ``always`` none) and
 ``maxmemory-policy noeviction`` (an LRU policy, right for a cache, would evict queued jobs). Every call is bounded
 by ``timeout`` and raises :class:`~lbd.jobs.base.StoreError` when Redis is away.
+
+Every call goes through :func:`lbd.aio.bounded`, not ``asyncio.wait_for``: on Python 3.11
+``wait_for`` can turn a cancellation into a result (redis-py wraps each socket write in one),
+and the runner's loops and runs, cancelled on stop, must stop. :meth:`RedisStore.close`
+cancels what those calls left running.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from lbd.aio import bounded, finish_off
 from lbd.jobs import lua
 from lbd.jobs.base import (
     WALL, BatchRecord, Claim, Clock, JobRecord, NewJob, Response, Run, StoreError, WebhookStatus,
@@ -39,6 +45,8 @@ GROUP = "runners"
 _T = TypeVar("_T")
 _PRUNE_EVERY = 600.0
 _FORGET_AFTER = 3600.0
+_CLOSE_TIMEOUT = 2.0
+"""The most :meth:`RedisStore.close` waits for the calls still running and the connections."""
 _RECORD = ("id", "pool", "tenant", "state", "priority", "method", "target", "submitted", "attempts", "started",
            "finished", "error", "status", "response_headers", "response_body", "batch", "hook_url", "hook_state",
            "hook_attempts", "hook_status", "hook_error", "hook_at")
@@ -53,6 +61,7 @@ class RedisStore:
         self._blocking = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout, retry=no_retry)
         self._prefix, self._timeout, self._clock = prefix, timeout, clock
         self._next_prune: dict[str, float] = {}
+        self._abandoned: set[asyncio.Future] = set()
         self._scripts = {name: self._redis.register_script(getattr(lua, name))
                          for name in ("SUBMIT", "BEGIN", "FINISH", "REQUEUE", "RELEASE", "PROMOTE", "CANCEL",
                                       "RENEW", "DUE_HOOKS", "HOOK_DONE", "DEPTH")}
@@ -60,7 +69,7 @@ class RedisStore:
     # -- plumbing -----------------------------------------------------------------------------------
     async def _call(self, operation: Callable[[], Awaitable[_T]], timeout: float | None = None) -> _T:
         try:
-            return await asyncio.wait_for(operation(), timeout or self._timeout)
+            return await bounded(operation(), timeout or self._timeout, self._abandoned, what="redis")
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             raise StoreError(f"redis: {error!r}") from error
 
@@ -87,11 +96,16 @@ class RedisStore:
             await self.depth(pool)  # creates the streams and the group
 
     async def close(self) -> None:
+        """Cancels the calls still running and closes the connections; returns within
+        ``_CLOSE_TIMEOUT`` seconds or very little more, whatever Redis does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_TIMEOUT
+        await finish_off(self._abandoned, deadline - loop.time())
         for client in (self._redis, self._blocking):
             try:
-                await client.aclose()
-            except (RedisError, OSError):
-                pass
+                await bounded(client.aclose(), max(deadline - loop.time(), 0.1), self._abandoned, what="redis")
+            except (RedisError, OSError, asyncio.TimeoutError) as error:
+                log.debug("closing the jobs store's connections failed: %r", error)
 
     # -- submitting and reading --------------------------------------------------------------------
     async def submit(self, jobs: list[NewJob], max_queue: int | None, batch: BatchRecord | None = None,

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lbd.aio import cancel_until_done
 from lbd.config.jobs import JobsConfig, PoolJobsConfig
 from lbd.jobs.base import FAILED, SUCCEEDED, WALL, Claim, Clock, JobStore, Response, Run, StoreError
 
@@ -75,6 +76,8 @@ class _Lane:
     task: asyncio.Task | None = None
     next_start: float = 0.0
     """With a ``rate``: the monotonic time the next run may start."""
+    retired: bool = False
+    """Its pool was removed: it claims no more."""
 
     def has_room(self) -> bool:
         return len(self.running) < self.config.concurrency
@@ -97,6 +100,8 @@ class Runner:
         """Lanes of pools a reload removed, until their runs are over."""
         self._tokens = itertools.count(1)
         self._stopping = False
+        self._closed = False
+        """Set by :meth:`stop` once claims are handed back: the renew and maintain loops end."""
         self._store_down = False
         self._tasks: list[asyncio.Task] = []
         self.depths: dict[str, int] = {}
@@ -113,6 +118,7 @@ class Runner:
         self._retired = [lane for lane in self._retired if lane.running]
         for name, lane in list(self._lanes.items()):
             if name not in pools or not pools[name].enabled:
+                lane.retired = True  # besides the cancellation, which can be lost
                 if lane.task is not None:
                     lane.task.cancel()
                 self._retired.append(self._lanes.pop(name))
@@ -134,36 +140,37 @@ class Runner:
         return {name: len(lane.running) for name, lane in self._lanes.items()}
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming, let runs finish for ``grace`` seconds, hand the rest back."""
+        """Stop claiming, let runs finish for ``grace`` seconds, hand the rest back.
+
+        Every task is cancelled until it has stopped (:func:`lbd.aio.cancel_until_done`),
+        each group within ``_STOP_WAIT``: one cancellation can be lost (``wait_for`` on Python
+        3.11, in redis-py or in a run's data plane), and a lane or loop that missed it would go
+        on claiming or renewing after the stop."""
         self._stopping = True
         lanes = self._all_lanes()
-        for lane in lanes:
-            if lane.task is not None:
-                lane.task.cancel()
+        lane_tasks = [lane.task for lane in lanes if lane.task is not None]
+        if lane_tasks and not await cancel_until_done(lane_tasks, _STOP_WAIT):
+            log.warning("jobs: a lane did not stop claiming within %ss", _STOP_WAIT)
         tasks = [task for lane in lanes for _, task in lane.running.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         held = [claim for lane in lanes for claim in lane.held()]
-        for lane in lanes:
-            for _, task in lane.running.values():
-                task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=_STOP_WAIT)
+        if tasks and not await cancel_until_done(tasks, _STOP_WAIT):
+            log.warning("jobs: a run did not stop within %ss", _STOP_WAIT)
         for claim in held:
             try:
                 await self._store.release(claim)
             except StoreError as error:  # its claim idles out and another instance takes it
                 log.warning("jobs: could not hand back job %s: %s", claim.job_id, error)
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=_STOP_WAIT)
+        self._closed = True
+        if self._tasks and not await cancel_until_done(self._tasks, _STOP_WAIT):
+            log.warning("jobs: the runner's loops did not stop within %ss", _STOP_WAIT)
         if held:
             log.info("jobs: handed back to the queue", extra={"jobs": len(held)})
 
     # -- claiming --------------------------------------------------------------------------------------
     async def _lane_loop(self, lane: _Lane) -> None:
-        while not self._stopping:
+        while not self._stopping and not lane.retired:
             if not lane.has_room():
                 lane.free.clear()
                 await lane.free.wait()
@@ -276,7 +283,7 @@ class Runner:
 
     # -- keeping claims -----------------------------------------------------------------------------------
     async def _renew_loop(self) -> None:
-        while True:
+        while not self._closed:  # besides the cancellation: stop() ends it even if one is lost
             await asyncio.sleep(self._config.visibility_timeout / 3)
             claims = [claim for lane in self._all_lanes() for claim in lane.held()]
             try:
@@ -302,7 +309,7 @@ class Runner:
     async def _maintain_loop(self) -> None:
         tick = min(1.0, self._config.visibility_timeout / 4)
         next_reclaim = next_depth = 0.0
-        while True:
+        while not self._closed:
             await asyncio.sleep(tick)
             now = time.monotonic()
             try:

@@ -128,15 +128,19 @@ class Jobs:
         """Stop running and delivering (runs get ``grace`` seconds, then go back to the queue)."""
         import asyncio
 
+        from lbd.aio import bounded, cancel_until_done
+
         if self._deliverer_task is not None:
             self._deliverer_task.cancel()
         if self.runner is not None:
             await self.runner.stop(grace)
-        if self._deliverer_task is not None:
-            await asyncio.wait([self._deliverer_task], timeout=5.0)
+        # cancelled until it has stopped, and the store's close bounded without wait_for: one
+        # cancellation can be lost on Python 3.11 (lbd.aio)
+        if self._deliverer_task is not None and not await cancel_until_done(self._deliverer_task, 5.0):
+            log.warning("jobs: the webhook deliverer did not stop in time")
         if close_store:
             try:
-                await asyncio.wait_for(self.store.close(), 5.0)
+                await bounded(self.store.close(), 5.0)
             except asyncio.TimeoutError:
                 log.warning("jobs: the store did not close in time")
 

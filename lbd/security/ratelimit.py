@@ -9,6 +9,7 @@ import logging
 import math
 from typing import NamedTuple
 
+from lbd.aio import bounded, finish_off
 from lbd.clock import MONOTONIC, Clock
 from lbd.config.security import RateLimitConfig
 
@@ -71,7 +72,9 @@ return {allowed, math.floor(tokens * 1000), math.ceil(reset * 1000)}
 
 
 class RedisLimiter:
-    """The same bucket in Redis. ``take`` is a coroutine bounded by ``redis_timeout``."""
+    """The same bucket in Redis. ``take`` is a coroutine bounded by ``redis_timeout``
+    (:func:`lbd.aio.bounded`: a request task cancelled while it waits is cancelled, never
+    handed a decision, which ``asyncio.wait_for`` could do on Python 3.11)."""
 
     def __init__(self, config: RateLimitConfig, pool_name: str) -> None:
         import redis.asyncio as redis
@@ -81,6 +84,7 @@ class RedisLimiter:
         self._client = redis.from_url(config.store, socket_connect_timeout=config.redis_timeout,
                                       socket_timeout=config.redis_timeout)
         self._script = self._client.register_script(_SCRIPT)
+        self._abandoned: set[asyncio.Future] = set()
         self.errors = 0
 
     async def take(self, key: str) -> Decision:
@@ -88,9 +92,9 @@ class RedisLimiter:
 
         config = self.config
         try:
-            allowed, tokens, reset = await asyncio.wait_for(
+            allowed, tokens, reset = await bounded(
                 self._script(keys=[self._prefix + key], args=[config.rate, config.capacity, time.time()]),
-                config.redis_timeout)
+                config.redis_timeout, self._abandoned, what="redis")
         except Exception as exc:  # noqa: BLE001 - any Redis trouble: let the request through
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:
@@ -100,7 +104,13 @@ class RedisLimiter:
         return Decision(bool(allowed), int(tokens) // 1000, int(reset) / 1000)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Cancels the calls still running and closes the connections, within about
+        ``redis_timeout`` plus a second whatever Redis does."""
+        await finish_off(self._abandoned, self.config.redis_timeout)
+        try:
+            await bounded(self._client.aclose(), 1.0, self._abandoned, what="redis")
+        except Exception as exc:  # noqa: BLE001 - closing: nothing left to protect
+            log.debug("rate limiter: closing the Redis connections failed", extra={"error": repr(exc)})
 
 
 def rate_limit_headers(config: RateLimitConfig, decision: Decision) -> tuple[tuple[bytes, bytes], ...]:

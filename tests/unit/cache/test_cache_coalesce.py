@@ -45,3 +45,20 @@ def test_finish_is_idempotent_and_none_frees_the_key_for_a_new_leader() -> None:
         assert await waiting is None
         assert coalescer.lead("k") is not None
     asyncio.run(scenario())
+
+
+def test_a_follower_cancelled_as_the_leader_finishes_is_cancelled() -> None:
+    """Its request went away: the follower must not wake with the entry (asyncio.wait_for on
+    Python 3.11 turned this cancellation into the leader's answer) nor disturb the others."""
+    async def scenario() -> None:
+        coalescer = Coalescer()
+        ticket = coalescer.lead("k")
+        gone = asyncio.create_task(coalescer.follow("k", 5.0))
+        patient = asyncio.create_task(coalescer.follow("k", 5.0))
+        await asyncio.sleep(0)
+        coalescer.finish(ticket, ENTRY)
+        gone.cancel()
+        await asyncio.wait({gone})
+        assert gone.cancelled()
+        assert await patient == ENTRY
+    asyncio.run(scenario())
