@@ -100,35 +100,51 @@ class ResponseCache:
 
     # -- lookup ---------------------------------------------------------------------------------
     async def lookup(self, info: RequestInfo, route: PoolCacheConfig | None) -> Lookup:
-        """A hit, or a miss that knows how to store the answer. Never raises."""
+        """A hit, or a miss that knows how to store the answer. Never raises (but for its
+        own cancellation).
+
+        A miss may come back leading its key (``ticket`` set: the caller must ``store`` or
+        ``release`` it). On every other way out, the lead this lookup took on the way (it
+        follows, the leader gives up, it leads, then the semantic step fails or the lookup
+        is cancelled) is released here, so identical requests do not wait
+        ``coalesce_timeout`` on a leader nobody holds."""
+        lookup: Lookup | None = None
         try:
-            return await self._lookup(info, route)
+            if route is None or not route.enabled or info.method.upper() not in CACHEABLE_METHODS:
+                return Lookup()
+            if not (route.exact.enabled or route.semantic.enabled):
+                return Lookup()
+            lookup = self._prepare(info, route)
+            await self._lookup(lookup)
+            return lookup
         except Exception:  # noqa: BLE001 - the cache must never fail a request
             _log.exception("cache lookup failed; going upstream")
             self.stats["errors"] += 1
+            if lookup is not None:
+                self.release(lookup)  # followers elect a new leader
             return Lookup()
+        except BaseException:  # cancelled: the request is gone, and nobody will store or release
+            if lookup is not None:
+                self.release(lookup)
+            raise
 
-    async def _lookup(self, info: RequestInfo, route: PoolCacheConfig | None) -> Lookup:
-        if route is None or not route.enabled or info.method.upper() not in CACHEABLE_METHODS:
-            return Lookup()
-        if not (route.exact.enabled or route.semantic.enabled):
-            return Lookup()
-        lookup = self._prepare(info, route)
+    async def _lookup(self, lookup: Lookup) -> None:
+        """Fills in ``lookup``: a hit, or a miss that may lead its key."""
+        info, route = lookup.info, lookup.route
         if request_directives(info.headers).skip_lookup:
             lookup.reason = "no-cache"
-            return lookup
+            return
         if route.exact.enabled and await self._exact(lookup):
-            return lookup
+            return
         if route.coalesce and await self._follow(lookup):
-            return lookup
+            return
         if route.semantic.enabled and await self._semantic(lookup):
-            return lookup
+            return
         if route.coalesce and not lookup.skip_store:
             lookup.ticket = self._coalescer.lead(lookup.key) or lookup.ticket
             if lookup.ticket is None and await self._follow(lookup):
-                return lookup
+                return
         self.stats["miss"] += 1
-        return lookup
 
     def _prepare(self, info: RequestInfo, route: PoolCacheConfig) -> Lookup:
         parsed = parse_body(info.body, info.headers)

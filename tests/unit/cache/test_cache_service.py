@@ -199,3 +199,99 @@ def test_build_cache_from_config_and_size_limit() -> None:
         assert cache.stats["too-large"] == 1
         await cache.close()
     asyncio.run(scenario())
+
+
+# -- the coalescing lead is released on every way out of a lookup ------------------------------
+# A lookup may take the lead while it follows (the leader it waited on gave up) and then go on
+# to the semantic step. Cancelled there, or failing there, it must hand the lead back: else
+# the key stays "in flight" and every identical request waits coalesce_timeout (30s) for a
+# leader that will never answer, then goes upstream, each time.
+EXACT = PoolCacheConfig.model_validate({})
+"""Exact keys only: a lookup that leads returns at once (and embeds nothing)."""
+
+
+async def until(condition, what: str, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def leads_promptly(cache: ResponseCache, info: RequestInfo) -> None:
+    """An identical request is not kept waiting (coalesce_timeout is 30s): it leads."""
+    async with asyncio.timeout(5):
+        lookup = await cache.lookup(info, EXACT)
+    assert lookup.hit is None and lookup.ticket is not None
+    await cache.store(lookup, 200, JSON, b"the answer")
+    assert (await cache.lookup(info, EXACT)).hit.kind == "hit"
+
+
+def test_a_lookup_cancelled_while_it_leads_hands_the_lead_back(cache: ResponseCache) -> None:
+    """Promoted (its leader gave up), then cancelled during its semantic step."""
+    async def scenario() -> None:
+        info = kserve("cancelled while it leads, after the first leader gave up")
+        leader = await cache.lookup(info, EXACT)  # same key; embeds nothing
+        promoted = asyncio.create_task(cache.lookup(info, ROUTE))
+        await asyncio.sleep(0.01)
+        assert not promoted.done()
+        cache.release(leader)  # every try upstream failed: the follower leads now
+        await until(lambda: len(cache._coalescer) == 1, "the follower leads")
+        assert not promoted.done()  # embedding its text (a real model run on its thread)
+        promoted.cancel()  # its client went away
+        await asyncio.wait({promoted})
+        assert promoted.cancelled()
+        assert len(cache._coalescer) == 0
+        await leads_promptly(cache, info)
+    asyncio.run(scenario())
+
+
+def test_a_follower_waiting_on_a_promoted_lookup_that_is_cancelled_leads_next(cache: ResponseCache) -> None:
+    """Two followers; the leader gives up; the first follower leads and is cancelled: the
+    second, now following it, must be handed the lead at once, not after coalesce_timeout."""
+    async def scenario() -> None:
+        info = kserve("cancelled while following, then promoted")
+        leader = await cache.lookup(info, EXACT)
+        promoted = asyncio.create_task(cache.lookup(info, ROUTE))
+        await asyncio.sleep(0.01)
+        patient = asyncio.create_task(cache.lookup(info, EXACT))
+        await asyncio.sleep(0.01)
+        cache.release(leader)
+        await until(lambda: len(cache._coalescer) == 1, "a follower leads")
+        assert not promoted.done() and not patient.done()  # promoted embeds, patient follows it
+        promoted.cancel()
+        await asyncio.wait({promoted})
+        assert promoted.cancelled()
+        async with asyncio.timeout(5):
+            second = await patient
+        assert second.hit is None and second.ticket is not None
+        await cache.store(second, 200, JSON, b"from the second")
+        assert (await cache.lookup(info, EXACT)).hit.body == b"from the second"
+    asyncio.run(scenario())
+
+
+def test_a_lookup_that_fails_after_taking_the_lead_hands_it_back(embedder, clock: ManualClock) -> None:
+    """The semantic step raises after the lookup took the lead (here: an index whose
+    vectors are not the embedder's size); ``lookup`` answers a plain miss, and the lead is
+    handed back."""
+    import numpy as np
+
+    from lbd.cache.base import VectorRecord
+    from lbd.cache.index import PartitionedIndex
+
+    cache = ResponseCache(MemoryStore(clock=clock), embedders={"inprocess": embedder}, clock=clock)
+    cache.semantic.index = PartitionedIndex(dimensions=8)  # as a resync replaces it
+    async def scenario() -> None:
+        info = kserve("an index that cannot be searched with this vector")
+        leader = await cache.lookup(info, ROUTE)  # searches a partition not there yet: a miss
+        assert leader.ticket is not None and leader.partition is not None
+        cache.semantic.index.add(VectorRecord(leader.partition, "another key", "another text",
+                                              np.full(8, 8 ** -0.5, dtype=np.float32), clock.now() + 3600))
+        promoted = asyncio.create_task(cache.lookup(info, ROUTE))
+        await asyncio.sleep(0.01)
+        cache.release(leader)
+        async with asyncio.timeout(5):
+            failed = await promoted
+        assert failed.hit is None and failed.ticket is None and failed.key is None
+        assert cache.stats["errors"] == 1
+        assert len(cache._coalescer) == 0
+        await leads_promptly(cache, info)
+    asyncio.run(scenario())
