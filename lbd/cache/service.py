@@ -58,7 +58,7 @@ class ResponseCache:
         self._clock = clock or SystemClock()
         self._store = store
         self._feed = feed
-        self.semantic = SemanticCache(index or PartitionedIndex(), store, self._clock, feed)
+        self.semantic = SemanticCache(index if index is not None else PartitionedIndex(), store, self._clock, feed)
         self.embedders = Embedders(embedders, inprocess=inprocess, pool_embedder=pool_embedder)
         self._max_entry_bytes = max_entry_bytes
         self._coalescer = Coalescer()

@@ -295,3 +295,14 @@ def test_a_lookup_that_fails_after_taking_the_lead_hands_it_back(embedder, clock
         assert len(cache._coalescer) == 0
         await leads_promptly(cache, info)
     asyncio.run(scenario())
+
+
+def test_the_configured_index_is_the_one_used() -> None:
+    """An empty PartitionedIndex is falsy (it has a length): ``index or PartitionedIndex()``
+    replaced the one build_cache made from ``cache.index`` with the defaults."""
+    from lbd.cache import build_cache
+    from lbd.config.cache import CacheConfig
+
+    cache = build_cache(CacheConfig.model_validate({"index": {"hnsw_above": 500, "hnsw_m": 8}}))
+    assert cache.semantic.index.options["hnsw_above"] == 500
+    assert cache.semantic.index.options["hnsw_m"] == 8
