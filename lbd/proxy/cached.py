@@ -21,7 +21,9 @@ Requests of pools without a cache never enter this module's methods past one att
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from lbd.proxy.admit import Admission
@@ -89,6 +91,20 @@ class Cached(Admission):
         info = RequestInfo(pool.name, model, version, self.method.decode("latin-1"), path, headers,
                            self.body or b"", deadline=deadline, principal=self.tenant)
         self._await(server.cache.lookup(info, pool.config.cache), self._looked_up)
+        self._pending.add_done_callback(partial(self._lookup_ended, server.cache))  # type: ignore[union-attr]
+
+    def _lookup_ended(self, cache: ResponseCache, task: asyncio.Task) -> None:
+        """Runs after :meth:`_resumed` (callbacks run in order): a lead the lookup came back
+        with that this request did not take over is released. That happens when the client
+        went away, or the request ended otherwise, after the lookup's last step but before
+        the stage resumed with its result: ``on_client_lost`` then had no lookup to cancel
+        and no ``cache_lookup`` to release, and ``_resumed`` drops the result; the key would
+        stay in flight for good (identical requests waiting ``coalesce_timeout`` on it)."""
+        if task.cancelled() or task.exception() is not None:
+            return  # the lookup released its lead itself (ResponseCache.lookup)
+        lookup = task.result()
+        if lookup.ticket is not None and lookup is not self.cache_lookup:
+            cache.release(lookup)
 
     def _looked_up(self, lookup: Lookup) -> None:
         hit = lookup.hit

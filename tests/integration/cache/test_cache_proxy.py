@@ -386,3 +386,22 @@ def test_a_large_body_already_whole_when_admitted_is_not_keyed(fleet: Fleet) -> 
 
     first, second = pipelined(b"a"), pipelined(b"b")
     assert first["body_sha256"] != second["body_sha256"]  # each answer is its own request's
+
+
+def test_a_client_gone_while_its_request_leads_hands_the_lead_back(fleet: Fleet) -> None:
+    """The leader's client goes away while the answer is still upstream: its lead must end
+    then, so an identical request goes upstream itself at once instead of waiting
+    coalesce_timeout (30s) on an answer nobody will store."""
+    import socket
+
+    port, _ = fleet.lbd()
+    reached = fleet.reached()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /slow?delay=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: fleet.reached() == reached + 1, what="the leader's request upstream")
+    started = time.monotonic()
+    status, headers, _ = request(port, "/slow?delay=2")
+    assert status == 200 and headers["x-lbd-cache"] == "miss"
+    assert time.monotonic() - started < 6, "waited on the gone leader"
+    assert fleet.reached() == reached + 2
+    assert request(port, "/slow?delay=2")[1]["x-lbd-cache"] == "hit"
