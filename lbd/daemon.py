@@ -46,6 +46,8 @@ class Daemon:
         self.notifier = Notifier()
         self.watcher: ConfigWatcher | None = None
         self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()
+        """Replaced runtimes' Redis rate limiters, closed once their last takes are over."""
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -61,6 +63,7 @@ class Daemon:
             await self._apply_cache(self.config, None)  # before listening: no request meets a cold embedder
         except Exception as exc:  # noqa: BLE001 - say why in one line, as for a bad config
             log.error("cannot start the response cache", extra={"error": repr(exc)})
+            await runtime.close_limiters()
             if self.fleet is not None:
                 await self.fleet.stop()
             return 1
@@ -95,6 +98,7 @@ class Daemon:
         if self.admin is not None:
             await self.admin.stop()
         await self.proxy.runtime.stop_health()
+        await self._close_limiters()
         if self.cache is not None:
             await self.cache.close()
         if self.fleet is not None:
@@ -241,11 +245,14 @@ class Daemon:
 
     async def _reload(self) -> bool:
         assert self.proxy is not None and self.config_path is not None
+        runtime: Runtime | None = None
         try:
             config = load_config(self.config_path)
             runtime = Runtime.build(config, previous=self.proxy.runtime)
             self._check_certificates(config)
         except ConfigError as exc:
+            if runtime is not None:
+                await runtime.close_limiters()  # built, never served
             self.reload_failures += 1
             self.last_reload_errors = [f"{exc.source}: {message}" for message in exc.messages]
             log.error("reload refused: the file is not valid; nothing changed", extra={"errors": exc.messages})
@@ -253,6 +260,7 @@ class Daemon:
         try:
             await self._apply_cache(config, self.config)
         except Exception as exc:  # noqa: BLE001 - an embedder that cannot load refuses the reload
+            await runtime.close_limiters()
             self.reload_failures += 1
             self.last_reload_errors = [f"cache: {exc}"]
             log.error("reload refused: the cache cannot start; nothing changed", extra={"error": str(exc)})
@@ -260,7 +268,9 @@ class Daemon:
         if config.workers != self.config.workers:
             await self._apply_workers(config)
         await runtime.start_health(previous=self.proxy.runtime)
+        replaced = self.proxy.runtime
         self.proxy.swap(runtime)
+        self._retire_limiters(replaced)
         if config.log.level != self.config.log.level:
             logging.getLogger().setLevel(config.log.level.upper())
         await self._apply_jobs(config, self.config)
@@ -270,6 +280,32 @@ class Daemon:
         self.last_reload_time = time.time()
         log.info("reloaded", extra={"pools": list(config.pools)})
         return True
+
+    # -- rate limiters -------------------------------------------------------------------------
+    def _retire_limiters(self, runtime: Runtime) -> None:
+        """Closes a replaced runtime's Redis rate limiters once the takes requests began on
+        them before the swap are over (new requests use the new runtime's)."""
+        task = asyncio.ensure_future(self._close_limiters_after(runtime, runtime.limiter_grace() + 0.5))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _close_limiters_after(runtime: Runtime, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:  # cancelled at shutdown: close now
+            await runtime.close_limiters()
+
+    async def _close_limiters(self) -> None:
+        """At shutdown, once requests are over: the current runtime's limiters, and the
+        replaced runtimes' still waiting for their grace."""
+        retiring = list(self._retiring)
+        for task in retiring:
+            task.cancel()
+        if retiring:
+            await asyncio.gather(*retiring, return_exceptions=True)
+        if self.proxy is not None:
+            await self.proxy.runtime.close_limiters()
 
     def _status_line(self) -> str:
         proxy = self.proxy

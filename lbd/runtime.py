@@ -5,6 +5,7 @@ connections, breaker and health; outlier state and health verdicts are inherited
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping
@@ -141,6 +142,23 @@ class Runtime:
         for pool in self.pools.values():
             if pool.checker is not None:
                 await pool.checker.stop()
+
+    # -- rate limiters ---------------------------------------------------------------------
+    def limiter_grace(self) -> float:
+        """How long a ``take`` begun on this runtime's Redis limiters can still run (each is
+        bounded by its ``redis_timeout``); 0 without any."""
+        return max((pool.limiter.config.redis_timeout for pool in self.pools.values()
+                    if hasattr(pool.limiter, "close")), default=0.0)
+
+    async def close_limiters(self) -> None:
+        """Closes the pools' Redis rate limiters (their connections; local ones hold none).
+        Every reload builds new ones: call this once a runtime is replaced or refused, and
+        at shutdown. Never raises."""
+        closing = [pool.limiter.close() for pool in self.pools.values() if hasattr(pool.limiter, "close")]
+        if closing:
+            for result in await asyncio.gather(*closing, return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.warning("closing a rate limiter failed", extra={"error": repr(result)})
 
     def retired(self, successor: Runtime) -> list[Backend]:
         """Backends of this runtime that the successor no longer has."""
