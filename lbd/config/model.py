@@ -359,6 +359,15 @@ class Config(Strict):
     fleet: FleetConfig = FleetConfig()
     cache: CacheConfig = CacheConfig()
     jobs: JobsConfig = JobsConfig()
+    lane: Literal["auto", "off"] = "off"
+    """``auto``: plain requests of eligible pools take the compiled lane (``lbd.proxy.lane``)
+    where it is built; ``off``: every request takes the Python data plane. The environment's
+    ``LBD_LANE`` overrides it."""
+
+    @field_validator("lane", mode="before")
+    @classmethod
+    def _lane_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare off as false
 
     @field_validator("pools", "workers")
     @classmethod
