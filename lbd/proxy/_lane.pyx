@@ -507,13 +507,13 @@ cdef class LaneClient:
 
     def pause_writing(self):
         self.write_paused = True
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.pause_reading()
+        if self.up is not None:
+            self.up.pause()
 
     def resume_writing(self):
         self.write_paused = False
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.resume_reading()
+        if self.up is not None:
+            self.up.resume()
 
     # -- the request -------------------------------------------------------------------
     cdef int _on_bytes(self) except -1:
@@ -758,7 +758,7 @@ cdef class LaneUpstream:
     cdef int cstate
     cdef long long csize
     cdef int cdigits
-    cdef bint reuse, head_sent, chunk_out
+    cdef bint reuse, head_sent, chunk_out, paused
     cdef public bint closed
     cdef public int uses
     cdef bint received
@@ -790,6 +790,16 @@ cdef class LaneUpstream:
             self.client = None
             if self.transport is not None:
                 self.transport.abort()
+
+    cdef pause(self):
+        if not self.paused and not self.closed and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    cdef resume(self):
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     def connect_failed(self, str failure, int status, str code, str message):
         """The glue's connect task failed (words as the Python path's)."""
@@ -1128,6 +1138,7 @@ cdef class LaneUpstream:
         cdef LaneClient client = self.client
         self.client = None
         self.state = U_IDLE
+        self.resume()     # the client's back-pressure was this response's, not the next one's
         if self.reuse and not self.closed and len(self.idle) < self.backend.max_idle:
             self.idle_since = self.lane._time()
             self.idle.append(self)

@@ -422,3 +422,49 @@ def test_reload_switches_a_pool_from_the_lane_to_python():
 
     (lane_first, counters, status), _ = run(scenario)
     assert counters == (1, 1) and status == b"HTTP/1.1 200 OK"
+
+
+DAEMON = """
+listen: [{{address: "127.0.0.1:{port}"}}]
+lane: auto
+pools:
+  web:
+    backends: [{{url: "http://127.0.0.1:{a}"}}]
+"""
+
+
+def test_the_daemon_drains_lane_requests_on_sigterm(lbd, upstreams, monkeypatch):
+    """A real lbd process with the lane on: a request in flight at SIGTERM is answered (with
+    ``connection: close``), an idle keep-alive connection is closed, the process exits 0."""
+    import signal
+    import socket
+    import threading
+
+    proc, port = lbd(DAEMON, a=upstreams["a"])
+    idle = socket.create_connection(("127.0.0.1", port))
+    idle.sendall(b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    result: dict[str, bytes] = {}
+
+    def slow() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /slow?delay=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            data = b""
+            while True:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            result["answer"] = data
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    import time
+    time.sleep(0.3)
+    proc.signal(signal.SIGTERM)
+    thread.join(10)
+    assert result["answer"].startswith(b"HTTP/1.1 200") and b"connection: close" in result["answer"].lower()
+    idle.settimeout(5)
+    assert idle.recv(65536) == b""
+    assert proc.wait(15) == 0
+    assert "compiled lane on" in proc.output()
