@@ -8,6 +8,7 @@ The proxy runs in this process (so the test can read the lane's counters), on re
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 
@@ -15,6 +16,7 @@ import pytest
 import uvloop
 
 from lbd.config import load_config_text
+from lbd.log import AccessLog
 from lbd.proxy import lane as lane_module
 from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
@@ -187,7 +189,7 @@ async def with_proxy(lane: str, scenario, *, attempts: int = 1, per_try: str = "
     port = free_port()
     backends = ", ".join(f'{{url: "http://127.0.0.1:{cap.port}", name: b{i}}}' for i, cap in enumerate(caps))
     config = load_config_text(CONFIG.format(port=port, lane=lane, attempts=attempts, per_try=per_try, backends=backends))
-    server = ProxyServer(Runtime.build(config), asyncio.get_running_loop())
+    server = ProxyServer(Runtime.build(config), asyncio.get_running_loop(), AccessLog(True, io.BytesIO()))
     await server.start()
     try:
         return await scenario(server, port, caps)
@@ -195,6 +197,18 @@ async def with_proxy(lane: str, scenario, *, attempts: int = 1, per_try: str = "
         await server.shutdown(0.5)
         for cap in caps:
             await cap.stop()
+
+
+def access_entries(server) -> list[tuple]:
+    """The access log's entries so far, without what differs per run (ids, durations, backends)."""
+    server.access_log.flush()
+    entries = [json.loads(line) for line in server.access_log._stream.getvalue().splitlines()]
+    return [(e["method"], e["path"], e["status"], e["pool"], e["backend"] is not None, e["attempts"], e["cache"],
+             e["tenant"], e["client"]) for e in entries]
+
+
+def anonymous(answers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [re.sub(rb"\b(b|cap)[01]\b", rb"\1N", h + b) for h, b in answers]
 
 
 def run(scenario, **kw):
@@ -328,11 +342,12 @@ def test_a_503_is_retried_by_python_with_the_lanes_try_inherited():
         answers = await send(port, [b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n", PLAIN[2]])
         pool = server.runtime.pools["web"]
         return ([(mask(h), b) for h, b in answers], [b.inflight for b in pool.backends], pool.budget.spent,
-                server.metrics._retries.get("web", 0), server.requests)
+                server.metrics._retries.get("web", 0), server.requests, access_entries(server))
 
     lane, python = run(scenario, attempts=3, upstreams=2)
-    assert lane == python
-    answers, inflight, spent, retries, requests = lane
+    assert anonymous(lane[0]) == anonymous(python[0]) and lane[1:] == python[1:]  # the round robin starts anywhere
+    answers, inflight, spent, retries, requests, entries = lane
+    assert [e[5] for e in entries] == [3, 1] and [e[2] for e in entries] == [200, 200]
     assert b"x-lbd-attempts: 3" in answers[0][0] and answers[0][1] == b"ok"
     assert inflight == [0, 0] and spent == 2 and retries == 2 and requests == 2
 
@@ -346,14 +361,14 @@ def test_a_killed_connection_is_retried_and_a_503_forwarded_when_no_attempt_is_l
         second = await send(port, [b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n"])
         pool = server.runtime.pools["web"]
         return ([(mask(h), mask_body(b)) for h, b in first + second], [b.inflight for b in pool.backends],
-                [b.failures for b in pool.backends], server.metrics._retries.get("web", 0))
+                [b.failures for b in pool.backends], server.metrics._retries.get("web", 0), access_entries(server))
 
     lane, python = run(scenario, attempts=2, upstreams=2)
-    anonymous = lambda answers: [re.sub(rb"\b(b|cap)[01]\b", rb"\1N", h + b) for h, b in answers]  # noqa: E731
     assert anonymous(lane[0]) == anonymous(python[0]) and lane[1:] == python[1:]
-    answers, inflight, failures, retries = lane
+    answers, inflight, failures, retries, entries = lane
     assert answers[0][0].startswith(b"HTTP/1.1 502") and answers[1][0].startswith(b"HTTP/1.1 503")
-    assert inflight == [0, 0] and retries == 2
+    assert inflight == [0, 0] and retries == 2 and failures == [2, 2]
+    assert [(e[2], e[5]) for e in entries] == [(502, 2), (503, 2)]
 
 
 def test_keep_alive_reuses_upstream_connections_and_pipelined_requests_are_answered_in_order():
@@ -363,10 +378,11 @@ def test_keep_alive_reuses_upstream_connections_and_pipelined_requests_are_answe
         answers = [await read_response(reader) for _ in range(5)]
         writer.close()
         more = await send(port, [PLAIN[2]] * 5)
-        return [mask(h) for h in caps[0].heads], [(mask(h), b) for h, b in answers + more], caps[0].connections
+        return ([mask(h) for h in caps[0].heads], [(mask(h), b) for h, b in answers + more], caps[0].connections,
+                access_entries(server))
 
-    (lane_up, lane_answers, lane_conns), (py_up, py_answers, py_conns) = run(scenario)
-    assert lane_up == py_up and lane_answers == py_answers
+    (lane_up, lane_answers, lane_conns, lane_log), (py_up, py_answers, py_conns, py_log) = run(scenario)
+    assert lane_up == py_up and lane_answers == py_answers and lane_log == py_log and len(lane_log) == 10
     assert [h.split(b" ")[1] for h in lane_up[:5]] == [b"/plain?i=%d" % i for i in range(5)]
     assert lane_conns == 1
 
