@@ -929,7 +929,7 @@ cdef class LaneUpstream:
         cdef Py_ssize_t eol, avail, take
         cdef int nh, k, kind, flags = 0, lengths = 0, transfer = 0, last_conn = -1
         cdef long long length = 0
-        cdef bint up10, bodiless, done = False, has_length = False, rid_seen = False
+        cdef bint up10, bodiless, done = False, has_length = False, rid_seen = False, broken = False
         cdef Hdr *h
         cdef const char *q
         cdef Lane lane = self.lane
@@ -1024,10 +1024,7 @@ cdef class LaneUpstream:
         elif transfer:
             self.state = U_CHUNKED
             if self.rechunk(p + hend, avail) < 0:
-                client._write(PyBytes_FromStringAndSize(g_out.data, g_out.len))
-                self.inbuf.len = 0
-                self.abort()
-                return 0
+                broken = True       # the head goes out first, as the Python path's does
             done = self.cstate == CS_DONE
         elif lengths:
             take = length if length < avail else avail
@@ -1044,7 +1041,9 @@ cdef class LaneUpstream:
         if not done:
             lane.glue.head(client.req, status)   # the attempt ends at the head, as in Python
         client._write(PyBytes_FromStringAndSize(g_out.data, g_out.len))
-        if done:
+        if broken:
+            self.abort()
+        elif done:
             self.finish()
         return 0
 

@@ -253,9 +253,10 @@ class Glue:
     def head(self, req: LaneRequest, status: int) -> None:
         """The response head went out and its body streams: the attempt ends here, as in
         ``Exchange.on_response_head``."""
+        req.status = status
         backend = req.backend
-        req.served_by = backend.name if backend is not None else req.served_by
         if backend is not None:
+            req.served_by = backend.name
             req.backend = None
             end_attempt(req.pool, backend, outcome_of_status(status) if status >= 500 else _SUCCESS,  # type: ignore[arg-type]
                         req.attempt_started)

@@ -274,9 +274,10 @@ def test_heads_upstream_and_to_the_client_are_the_same_as_the_python_path():
         answers += await send(port, [PLAIN[0], PLAIN[1], PLAIN[7], b"GET /close HTTP/1.1\r\nHost: h\r\n\r\n"])
         answers += await send(port, [b"GET /plain HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"])
         counters = (server.lane.served, server.lane.handed_over) if server.lane_on else None
-        return [mask(h) for h in caps[0].heads], [(mask(h), b) for h, b in answers], counters
+        return [mask(h) for h in caps[0].heads], [(mask(h), b) for h, b in answers], counters, access_entries(server)
 
-    (lane_up, lane_answers, counters), (py_up, py_answers, _) = run(scenario)
+    (lane_up, lane_answers, counters, lane_log), (py_up, py_answers, _, py_log) = run(scenario)
+    assert lane_log == py_log and len(lane_log) == len(PLAIN) + 5
     assert counters is not None and counters[0] == len(PLAIN) + 5 and counters[1] == 0
     assert len(lane_up) == len(py_up)
     for a, b in zip(lane_up, py_up):
