@@ -81,6 +81,8 @@ class Capture:
                     writer.transport.abort()
                     return
                 method, target = head.split(b" ")[:2]
+                if target.startswith(b"/hang"):
+                    await asyncio.sleep(3)
                 answer, close = self._answer(method, target.decode())
                 writer.write(answer)
                 await writer.drain()
@@ -485,3 +487,30 @@ def test_the_daemon_drains_lane_requests_on_sigterm(lbd, upstreams, monkeypatch)
     assert idle.recv(65536) == b""
     assert proc.wait(15) == 0
     assert "compiled lane on" in proc.output()
+
+
+def test_a_try_that_times_out_is_retried_by_python_and_answered_504_at_the_end():
+    async def scenario(server, port, caps):
+        answers = await send(port, [b"GET /hang HTTP/1.1\r\nHost: h\r\n\r\n"])
+        pool = server.runtime.pools["web"]
+        return ([(mask(h), mask_body(b)) for h, b in answers], [b.inflight for b in pool.backends],
+                sorted(b.failures for b in pool.backends), access_entries(server))
+
+    lane, python = run(scenario, attempts=2, upstreams=2, per_try="200ms")
+    assert anonymous(lane[0]) == anonymous(python[0]) and lane[1:] == python[1:]
+    answers, inflight, failures, entries = lane
+    assert answers[0][0].startswith(b"HTTP/1.1 504") and b'"code":"timeout"' in answers[0][1]
+    assert inflight == [0, 0] and failures == [1, 1] and [(e[2], e[5]) for e in entries] == [(504, 2)]
+
+
+def test_a_refused_connection_is_retried_on_another_backend():
+    async def scenario(server, port, caps):
+        await caps[0].stop()  # b0 refuses connections from now on
+        answers = [await send(port, [b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n"]) for _ in range(2)]
+        pool = server.runtime.pools["web"]
+        return ([a[0][0].split(b"\r\n")[0] for a in answers], [b.inflight for b in pool.backends],
+                sorted(e[5] for e in access_entries(server)))
+
+    lane, python = run(scenario, attempts=2, upstreams=2)
+    assert lane == python
+    assert lane[0] == [b"HTTP/1.1 200 OK"] * 2 and lane[1] == [0, 0] and lane[2] == [1, 2]
