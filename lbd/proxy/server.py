@@ -61,7 +61,11 @@ class ProxyServer:
     async def start(self) -> None:
         from lbd.proxy.tls import server_context
 
+        from lbd.proxy.lane import wanted
+
         self._follow_lane(self.runtime)
+        if not wanted(self.runtime.config.lane):  # wanted but not built: lane.start said so
+            log.info("compiled lane off: every request takes the Python data plane")
         for listener in self.runtime.config.listen:
             host, port = parse_address(listener.address)
             context = server_context(listener.tls) if listener.tls is not None else None
@@ -90,8 +94,6 @@ class ProxyServer:
         on = lane.wanted(runtime.config.lane)
         if on and self.lane is None:
             self.lane = lane.start(self, runtime.config.lane)
-        elif not on and not self.lane_on and self.lane is None:
-            log.info("compiled lane off: every request takes the Python data plane")
         self.lane_on = on and self.lane is not None
         if self.lane is not None:
             self.lane.configure()
