@@ -65,7 +65,10 @@ def test_only_pools_without_per_request_features_are_eligible():
 
 def test_without_the_extension_lbd_serves_with_python_and_says_so(monkeypatch, caplog):
     monkeypatch.delenv("LBD_LANE", raising=False)
+    import lbd.proxy
+
     monkeypatch.setitem(sys.modules, "lbd.proxy._lane", None)  # import raises ImportError
+    monkeypatch.delattr(lbd.proxy, "_lane", raising=False)  # (once imported, the package has it)
 
     async def main() -> ProxyServer:
         server = ProxyServer(Runtime.build(config("auto")), asyncio.get_running_loop())
