@@ -16,7 +16,7 @@ from lbd.clock import MONOTONIC, Clock
 from lbd.config.model import BackendConfig, Config, PoolConfig, parse_address
 from lbd.health.checker import HealthChecker
 from lbd.proxy.admission import AdmissionQueue
-from lbd.proxy.pool import Backend, Pool
+from lbd.proxy.pool import Backend, Pool, lane_eligible
 from lbd.proxy.router import Router
 from lbd.proxy.tiers import Tiers
 from lbd.resilience.breaker import CircuitBreaker
@@ -73,6 +73,7 @@ class Runtime:
         if config.health_checked:
             pool.checker = HealthChecker(name, members, config.health, models=config.match.models, clock=clock,
                                          rng=rng, on_transition=pool.on_health_transition)
+        pool.lane_ok = lane_eligible(pool)
         return pool
 
     @staticmethod

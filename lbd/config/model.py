@@ -345,6 +345,12 @@ class FleetConfig(Strict):
     mps: Literal["auto", "on", "off"] = "auto"
 
 
+def _bare_off(schema: dict[str, Any]) -> None:
+    """YAML 1.1 reads a bare ``off`` as false: the schema accepts what the model accepts."""
+    schema.pop("type", None)
+    schema["enum"] = ["auto", "off", False]
+
+
 class Config(Strict):
     """The whole daemon configuration (see ``conf/lbd.example.yaml`` for every key)."""
 
@@ -359,6 +365,15 @@ class Config(Strict):
     fleet: FleetConfig = FleetConfig()
     cache: CacheConfig = CacheConfig()
     jobs: JobsConfig = JobsConfig()
+    lane: Literal["auto", "off"] = Field("off", json_schema_extra=lambda schema: _bare_off(schema))
+    """``auto``: plain requests of eligible pools take the compiled lane (``lbd.proxy.lane``)
+    where it is built; ``off``: every request takes the Python data plane. The environment's
+    ``LBD_LANE`` overrides it."""
+
+    @field_validator("lane", mode="before")
+    @classmethod
+    def _lane_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare off as false
 
     @field_validator("pools", "workers")
     @classmethod

@@ -41,7 +41,7 @@ class ClientConnection(Corked, asyncio.Protocol):
         "server", "loop", "transport", "parser", "client_ip", "client_ip_bytes", "scheme",
         "http11", "current", "receiving", "queue", "closing", "last_active", "head_started",
         "_url", "_headers", "_header_bytes", "_paused", "_write_paused", "_body_bytes", "internal",
-        "closing_reason",
+        "closing_reason", "carry",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -70,9 +70,19 @@ class ClientConnection(Corked, asyncio.Protocol):
         self.closing_reason: tuple[int, str, str] | None = None
         """A refusal to send once the request being answered is done (see :meth:`_reject`)."""
         """Set on the connections of requests lbd sends itself (:mod:`lbd.proxy.internal`)."""
+        self.carry = None
+        """A request the compiled lane tried first, for the first exchange (:mod:`lbd.proxy.lane`)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.adopt(transport)
+        if not self.server.admit_connection(self):
+            self.closing = True
+            transport.abort()  # over a connection limit: refuse before reading a byte
+
+    def adopt(self, transport: asyncio.BaseTransport) -> None:
+        """Take ``transport`` (from ``connection_made``, or from the compiled lane, which
+        admitted the connection already)."""
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unix"
@@ -80,9 +90,6 @@ class ClientConnection(Corked, asyncio.Protocol):
         if transport.get_extra_info("ssl_object") is not None:
             self.scheme = b"https"
         self.last_active = self.loop.time()
-        if not self.server.admit_connection(self):
-            self.closing = True
-            transport.abort()  # over a connection limit: refuse before reading a byte
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -184,7 +191,11 @@ class ClientConnection(Corked, asyncio.Protocol):
             self.receiving = exchange
         if self.current is None:
             self.current = exchange
-            exchange.begin()
+            if self.carry is None:
+                exchange.begin()
+            else:
+                carry, self.carry = self.carry, None
+                exchange.inherit(carry)
         else:
             self.queue.append(exchange)
             self._pause(_PAUSE_PIPELINE)

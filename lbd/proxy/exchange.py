@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from lbd.proxy.downstream import ClientConnection
     from lbd.proxy.pool import Backend, Pool
 
-__all__ = ["Exchange", "BODY_NONE", "BODY_CHUNKED", "REPLAY_LIMIT"]
+__all__ = ["Exchange", "LaneCarry", "end_attempt", "retry_delay", "BODY_NONE", "BODY_CHUNKED", "REPLAY_LIMIT"]
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _SUCCESS = Outcome.SUCCESS
@@ -215,24 +215,7 @@ class Exchange(Deferred):
         if backend is None:
             return
         self.backend = None
-        backend.inflight -= 1
-        pool: Pool = self.pool  # type: ignore[assignment]
-        breaker = backend.breaker
-        if outcome is None:
-            if breaker is not None:
-                breaker.release_trial()
-        else:
-            if outcome is not _SUCCESS:
-                backend.failures += 1
-            if breaker is not None:
-                breaker.on_success() if outcome is _SUCCESS else breaker.on_failure()
-            pool.outlier.on_result(backend, outcome)
-            pool.balancer.observe(backend, time.monotonic() - self._attempt_started, outcome is _SUCCESS)
-        queue = pool.queue
-        if queue is not None and len(queue):
-            waiting = queue.pop()
-            if waiting is not None:
-                waiting.admit()
+        end_attempt(self.pool, backend, outcome, self._attempt_started)  # type: ignore[arg-type]
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -252,25 +235,43 @@ class Exchange(Deferred):
                sent: bool = True) -> bool:
         """Schedule another try if the policy, the attempts, the deadline and the budget
         all allow it; the budget is asked last, so only real retries spend it."""
-        pool: Pool = self.pool  # type: ignore[assignment]
-        policy = pool.retry
-        if self.retries + 1 >= policy.attempts or self.finished:
+        if self.finished:
             return False
-        if not policy.classify(self.method, status=status, failure=failure, sent=sent).retry:
-            return False
-        if sent and not (self._replayable and self.request_done or self.fields.body_mode == BODY_NONE):
-            return False  # the body is gone (too large to keep, or still streaming in)
-        delay = policy.backoff(self.retries)
-        if retry_after is not None and not pool.has_untried_usable(self.tried):
-            # Retry-After speaks for the backend that sent it: wait it out only when the
-            # retry has nowhere else to go.
-            delay = max(delay, retry_after)
-        loop = self.client.loop
-        if loop.time() + delay >= self.deadline or not pool.budget.try_spend():
+        delay = retry_delay(self.pool, self.retries, self.method, self.tried, self.deadline,  # type: ignore[arg-type]
+                            self.client.loop, self._replayable and self.request_done or self.fields.body_mode == BODY_NONE,
+                            failure=failure, status=status, retry_after=retry_after, sent=sent)
+        if delay is None:
             return False
         self.retries += 1
-        self._timer = loop.call_later(delay, self._on_backoff_done)
+        self._timer = self.client.loop.call_later(delay, self._on_backoff_done)
         return True
+
+    # -- a request whose first try the compiled lane made (lbd/proxy/lane.py) -----------
+    def inherit(self, carry: LaneCarry) -> None:
+        """Go on with a request the lane routed and tried first, instead of :meth:`begin`:
+        the same pool, tries, retries, start and deadline (and the retry budget, which the
+        lane's try already counted), as if this exchange had made that try."""
+        self.started = carry.started
+        self.pool = carry.pool
+        self.deadline = carry.deadline
+        self.tried = carry.tried
+        self.retries = carry.retries
+        fields = self.fields
+        if fields.request_id != carry.request_id:  # generated again when parsed again: the lane's
+            front, _, _ = fields.head.rpartition(b"\r\nx-request-id: ")
+            fields.head = front + b"\r\nx-request-id: " + carry.request_id + b"\r\n\r\n"
+            fields.request_id = carry.request_id
+        self._failure = carry.failure
+        go = lambda: self._go_on(carry)  # noqa: E731
+        self._with_body(go, go)  # decided with the whole body kept, as the lane had it
+
+    def _go_on(self, carry: LaneCarry) -> None:
+        if carry.delay is not None:  # a retry the lane's try earned (a retriable status)
+            self._timer = self.client.loop.call_later(carry.delay, self._on_backoff_done)
+            return
+        status, code, message = carry.failure  # type: ignore[misc]
+        if not self._retry(failure=carry.kind, sent=carry.sent and carry.kind != CONNECT_FAILURE):
+            self.fail(status, code, message)
 
     def _on_backoff_done(self) -> None:
         self._timer = None
@@ -466,3 +467,71 @@ class Exchange(Deferred):
         if self.cache_lookup is not None:
             self._cache_release()
         self.client.exchange_done(self)
+
+
+class LaneCarry:
+    """What the compiled lane hands on with a request whose try failed (:meth:`Exchange.inherit`)."""
+
+    __slots__ = ("pool", "tried", "retries", "started", "deadline", "request_id", "failure", "kind", "sent", "delay")
+
+    def __init__(self, pool: Pool, tried: set[Backend], retries: int, started: float, deadline: float,
+                 request_id: bytes, failure: tuple[int, str, str], kind: str | None, sent: bool,
+                 delay: float | None) -> None:
+        self.pool = pool
+        self.tried = tried
+        self.retries = retries
+        self.started = started
+        self.deadline = deadline
+        self.request_id = request_id
+        self.failure = failure
+        self.kind = kind
+        """The failure (``connect_failure``, ``reset``, ``timeout``), to retry or answer."""
+        self.sent = sent
+        self.delay = delay
+        """A retry already decided (a retriable status): its backoff."""
+
+
+def end_attempt(pool: Pool, backend: Backend, outcome: Outcome | None, attempt_started: float) -> None:
+    """The books of one attempt (both data planes): ``backend.inflight`` down, the breaker,
+    the outlier detector and the balancer told (``None``: abandoned, no verdict), and a
+    request waiting in the pool's queue let in."""
+    backend.inflight -= 1
+    breaker = backend.breaker
+    if outcome is None:
+        if breaker is not None:
+            breaker.release_trial()
+    else:
+        if outcome is not _SUCCESS:
+            backend.failures += 1
+        if breaker is not None:
+            breaker.on_success() if outcome is _SUCCESS else breaker.on_failure()
+        pool.outlier.on_result(backend, outcome)
+        pool.balancer.observe(backend, time.monotonic() - attempt_started, outcome is _SUCCESS)
+    queue = pool.queue
+    if queue is not None and len(queue):
+        waiting = queue.pop()
+        if waiting is not None:
+            waiting.admit()
+
+
+def retry_delay(pool: Pool, retries: int, method: bytes, tried: set[Backend], deadline: float,
+                loop: asyncio.AbstractEventLoop, body_kept: bool, *, failure: str | None = None,
+                status: int | None = None, retry_after: float | None = None, sent: bool = True) -> float | None:
+    """The backoff before another try, if the policy, the attempts, the deadline and the
+    budget all allow one (both data planes); ``None`` if not. The budget is asked last, so
+    only real retries spend it."""
+    policy = pool.retry
+    if retries + 1 >= policy.attempts:
+        return None
+    if not policy.classify(method, status=status, failure=failure, sent=sent).retry:
+        return None
+    if sent and not body_kept:
+        return None  # the body is gone (too large to keep, or still streaming in)
+    delay = policy.backoff(retries)
+    if retry_after is not None and not pool.has_untried_usable(tried):
+        # Retry-After speaks for the backend that sent it: wait it out only when the
+        # retry has nowhere else to go.
+        delay = max(delay, retry_after)
+    if loop.time() + delay >= deadline or not pool.budget.try_spend():
+        return None
+    return delay

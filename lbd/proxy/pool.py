@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from lbd.proxy.admission import AdmissionQueue
     from lbd.proxy.upstream import UpstreamConnection
 
-__all__ = ["Backend", "Pool"]
+__all__ = ["Backend", "Pool", "lane_eligible"]
 
 
 class Backend:
@@ -31,7 +31,8 @@ class Backend:
     ``drained`` is the operator's (admin API), kept apart so neither overwrites the other."""
 
     __slots__ = ("name", "host", "port", "weight", "config_weight", "inflight", "available", "drained",
-                 "breaker", "max_idle", "idle_timeout", "_idle", "requests", "failures", "ssl", "server_name")
+                 "breaker", "max_idle", "idle_timeout", "_idle", "requests", "failures", "ssl", "server_name",
+                 "lane_idle", "lane_name")
 
     def __init__(self, name: str, host: str, port: int, weight: float, upstream: UpstreamConfig,
                  breaker: CircuitBreaker | None = None, ssl: object = None, server_name: str | None = None) -> None:
@@ -52,13 +53,17 @@ class Backend:
         self.ssl = ssl
         """An ``ssl.SSLContext`` for an ``https://`` backend, else ``None``."""
         self.server_name = server_name
+        self.lane_idle: list = []
+        """Idle keep-alive connections of the compiled lane (``lbd.proxy._lane.LaneUpstream``:
+        ``closed``, ``idle_since``, ``close()``), kept apart from the Python path's."""
+        self.lane_name = name.encode()
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {self.host}:{self.port}, weight={self.weight:g}, inflight={self.inflight})"
 
     @property
     def idle_count(self) -> int:
-        return len(self._idle)
+        return len(self._idle) + len(self.lane_idle)
 
     def take_idle(self) -> UpstreamConnection | None:
         """The most recently used idle connection that is still open (LIFO keeps the hot
@@ -92,6 +97,12 @@ class Backend:
                 if conn.idle_since < deadline:
                     conn.close()
             self._idle = keep
+        lane = self.lane_idle
+        if lane and lane[0].idle_since < deadline:
+            expired = [c for c in lane if c.idle_since < deadline or c.closed]
+            lane[:] = [c for c in lane if c.idle_since >= deadline and not c.closed]  # the lane holds this list
+            for conn in expired:
+                conn.close()
 
     def retire(self) -> None:
         """Removed by a reload: requests in flight finish, then their connections close."""
@@ -101,6 +112,10 @@ class Backend:
     def close_idle(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
+            conn.close()
+        lane = list(self.lane_idle)
+        self.lane_idle.clear()
+        for conn in lane:
             conn.close()
 
 
@@ -112,7 +127,7 @@ class Pool:
     """
 
     __slots__ = ("name", "config", "backends", "balancer", "tiers", "needs_body", "timeouts", "outlier", "retry",
-                 "budget", "max_inflight", "queue", "panic", "checker", "auth", "limiter")
+                 "budget", "max_inflight", "queue", "panic", "checker", "auth", "limiter", "lane_ok", "lane_name")
 
     def __init__(self, name: str, config: PoolConfig, backends: Iterable[Backend], balancer: Balancer, *,
                  outlier: OutlierDetector, retry: RetryPolicy, budget: RetryBudget,
@@ -137,6 +152,10 @@ class Pool:
         """An :class:`~lbd.security.Authenticator` when the pool requires API keys."""
         self.limiter = None
         """A local or Redis rate limiter when the pool is rate limited."""
+        self.lane_ok = False
+        """The compiled lane may serve this pool's plain requests (:func:`lane_eligible`, set
+        once the runtime built the pool)."""
+        self.lane_name = name.encode()
 
     def has_untried_usable(self, tried: set[Backend]) -> bool:
         """Is there a backend a retry could go to instead (error path only: O(n))?"""
@@ -207,3 +226,15 @@ class Pool:
                 return backend
             fallback = fallback or backend
         return fallback
+
+
+def lane_eligible(pool: Pool) -> bool:
+    """Whether the compiled lane (``lbd.proxy.lane``) may serve this pool's plain requests:
+    only when no per-request feature of the Python path applies beyond routing, picking,
+    the retries (which the lane hands to Python), breakers, outliers and metrics. Requests
+    the lane hands over for (Prefer, the jobs API, Expect, ...) are decided per request."""
+    config = pool.config
+    return (pool.auth is None and pool.limiter is None and config.auth is None and config.rate_limit is None
+            and config.cache is None and config.fallback is None and config.cascade is None
+            and config.shadow is None and not pool.needs_body
+            and all(backend.ssl is None for backend in pool.backends))

@@ -53,28 +53,57 @@ class ProxyServer:
         self._janitor: asyncio.Task | None = None
         self.bound: list[tuple[str, int]] = []
         self._tls: dict[tuple[str, int], object] = {}  # listener address -> its SSLContext
+        self.lane = None
+        """The compiled lane's glue (``lbd.proxy.lane.Glue``) once it is loaded; plain-TCP
+        listeners give new connections to it while ``lane_on`` (``lane:``/``LBD_LANE``)."""
+        self.lane_on = False
 
     async def start(self) -> None:
         from lbd.proxy.tls import server_context
 
+        from lbd.proxy.lane import wanted
+
+        self._follow_lane(self.runtime)
+        if not wanted(self.runtime.config.lane):  # wanted but not built: lane.start said so
+            log.info("compiled lane off: every request takes the Python data plane")
         for listener in self.runtime.config.listen:
             host, port = parse_address(listener.address)
             context = server_context(listener.tls) if listener.tls is not None else None
             if context is not None:
                 self._tls[(host, port)] = context
+            factory = (lambda: ClientConnection(self)) if context is not None else self._plain_protocol
             server = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, backlog=listener.backlog, ssl=context,
+                factory, host, port, backlog=listener.backlog, ssl=context,
                 reuse_address=True, family=socket.AF_INET6 if ":" in host else socket.AF_INET)
             self._servers.append(server)
             self.bound.extend(sock.getsockname()[:2] for sock in server.sockets)
             log.info("listening", extra={"address": f"{host}:{port}"})
         self._janitor = self.loop.create_task(self._janitor_loop())
 
+    def _plain_protocol(self):
+        """A new plain-TCP client connection: the compiled lane's when it is on."""
+        if self.lane_on:
+            return self.lane.protocol()  # type: ignore[union-attr]
+        return ClientConnection(self)
+
+    def _follow_lane(self, runtime: Runtime) -> None:
+        """``lane:`` (or ``LBD_LANE``) on: load the lane once; new connections follow the
+        setting, connections already open keep the data plane they have."""
+        from lbd.proxy import lane
+
+        on = lane.wanted(runtime.config.lane)
+        if on and self.lane is None:
+            self.lane = lane.start(self, runtime.config.lane)
+        self.lane_on = on and self.lane is not None
+        if self.lane is not None:
+            self.lane.configure()
+
     def swap(self, runtime: Runtime) -> None:
         """Serve new requests from ``runtime``; requests in flight finish on the old one."""
         self._reload_certificates(runtime)
         old, self.runtime = self.runtime, runtime
         self.limits = runtime.config.client
+        self._follow_lane(runtime)
         self.access_log.enabled = runtime.config.log.access
         for backend in old.retired(runtime):
             backend.retire()
