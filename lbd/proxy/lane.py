@@ -25,6 +25,7 @@ from lbd.proxy.downstream import ClientConnection
 from lbd.proxy.exchange import LaneCarry, end_attempt, retry_delay
 from lbd.proxy.http import error_response, status_line
 from lbd.proxy.outbox import flush
+from lbd.proxy.request import cookie_in, header_in
 from lbd.resilience.outlier import Outcome, outcome_of_status
 from lbd.resilience.retry import CONNECT_FAILURE
 
@@ -107,21 +108,10 @@ class LaneRequest:
         return text.partition("]")[0] + "]" if text.startswith("[") else text.partition(":")[0]
 
     def header(self, name: str) -> str | None:
-        wanted_name = name.lower().encode("latin-1")
-        for key, value in self.fields:
-            if key.lower() == wanted_name:
-                return value.decode("latin-1")
-        return None
+        return header_in(self.fields, name)
 
     def cookie(self, name: str) -> str | None:
-        cookies = self.header("cookie")
-        if cookies is None:
-            return None
-        for part in cookies.split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key == name:
-                return value
-        return None
+        return cookie_in(self.header("cookie"), name)
 
     def body_prefix(self, size: int) -> bytes:
         return self.raw[self.hend:self.hend + size]

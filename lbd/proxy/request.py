@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from lbd.proxy.downstream import ClientConnection
     from lbd.proxy.upstream import UpstreamConnection
 
-__all__ = ["Request", "REPLAY_LIMIT"]
+__all__ = ["Request", "REPLAY_LIMIT", "header_in", "cookie_in"]
 
 # Request bodies up to this size are kept so the request can be sent again (a retry, or a
 # pooled connection the backend had closed); larger ones stream and are not retried once sent.
@@ -78,21 +78,10 @@ class Request:
         return self.method == b"HEAD"
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
+        return header_in(self.headers, name)
 
     def cookie(self, name: str) -> str | None:
-        cookies = self.header("cookie")
-        if cookies is None:
-            return None
-        for part in cookies.split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key == name:
-                return value
-        return None
+        return cookie_in(self.header("cookie"), name)
 
     def body_prefix(self, size: int) -> bytes:
         """Up to ``size`` bytes of the body received and kept so far, without chunked
@@ -164,3 +153,23 @@ class Request:
                 conn.write(LAST_CHUNK)
         if self._body_waiter is not None:
             self._body_waiter()
+
+
+def header_in(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    """The first field ``name`` (any case) of ``headers``, decoded; both data planes'."""
+    wanted = name.lower().encode("latin-1")
+    for key, value in headers:
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def cookie_in(cookies: str | None, name: str) -> str | None:
+    """Cookie ``name`` of a ``Cookie`` field's value."""
+    if cookies is None:
+        return None
+    for part in cookies.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value
+    return None

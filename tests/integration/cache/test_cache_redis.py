@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from lbd.cache import RequestInfo, ResponseCache
 from lbd.cache.redis_store import RedisStore
 from lbd.config.cache import PoolCacheConfig
+from tests.support.cancellation import cancel_at_many_moments
 
 JSON = [("content-type", "application/json")]
 ROUTE = PoolCacheConfig.model_validate({"semantic": {}})
@@ -266,17 +267,7 @@ def test_a_cancelled_call_is_cancelled_whenever_the_cancellation_lands(redis_url
         store = RedisStore(redis_url, prefix=prefix, timeout=0.5)
         await store.set("key", Entry(200, (), b"1", time.time(), 60.0))
         assert await store.get("key") is not None
-        swallowed = cancelled = 0
-        for round_ in range(300):
-            task = asyncio.ensure_future(store.get("key"))
-            for _ in range(round_ % 15):
-                await asyncio.sleep(0)
-            if task.done():
-                continue
-            task.cancel()
-            await asyncio.wait({task})
-            cancelled += 1
-            swallowed += not task.cancelled()
+        cancelled, swallowed = await cancel_at_many_moments(lambda _: store.get("key"), 300)
         assert cancelled >= 100
         assert swallowed == 0, f"{swallowed} of {cancelled} cancellations turned into a result"
         await store.close()

@@ -14,6 +14,7 @@ from lbd.config.jobs import JobsConfig, PoolJobsConfig
 from lbd.jobs.base import NORMAL, NewJob, Response, Run
 from lbd.jobs.redis_store import RedisStore
 from lbd.jobs.runner import Runner
+from tests.support.cancellation import cancel_at_many_moments
 
 
 MAINTAIN_TICK = 0.25
@@ -34,17 +35,7 @@ def test_a_cancelled_store_call_is_cancelled_whenever_the_cancellation_lands(red
         await store.start(["p"])
         assert await store.submit([job("j1")], 10)
         calls = [lambda: store.get("j1"), lambda: store.depth("p"), lambda: store.states(["j1"])]
-        swallowed = cancelled = 0
-        for round_ in range(450):
-            task = asyncio.ensure_future(calls[round_ % 3]())
-            for _ in range(round_ // 3 % 15):  # one loop iteration each: a different moment
-                await asyncio.sleep(0)
-            if task.done():
-                continue
-            task.cancel()
-            await asyncio.wait({task})
-            cancelled += 1
-            swallowed += not task.cancelled()
+        cancelled, swallowed = await cancel_at_many_moments(lambda round_: calls[round_ % 3](), 450, every=3)
         assert cancelled >= 100
         assert swallowed == 0, f"{swallowed} of {cancelled} cancellations turned into a result"
         started = time.monotonic()

@@ -12,6 +12,7 @@ import pytest
 
 from lbd.config.security import RateLimitConfig
 from lbd.security.ratelimit import RedisLimiter
+from tests.support.cancellation import cancel_at_many_moments
 from tests.support.redis_server import RedisServer
 
 
@@ -27,17 +28,7 @@ def test_a_cancelled_take_is_cancelled_whenever_the_cancellation_lands(redis_url
     async def scenario() -> None:
         limiter = RedisLimiter(RateLimitConfig(rate=1000.0, burst=1000, store=redis_url, redis_timeout=0.5), "p")
         assert (await limiter.take("t")).allowed
-        swallowed = cancelled = 0
-        for round_ in range(300):
-            task = asyncio.ensure_future(limiter.take("t"))
-            for _ in range(round_ % 15):  # one loop iteration each: a different moment
-                await asyncio.sleep(0)
-            if task.done():
-                continue
-            task.cancel()
-            await asyncio.wait({task})
-            cancelled += 1
-            swallowed += not task.cancelled()
+        cancelled, swallowed = await cancel_at_many_moments(lambda _: limiter.take("t"), 300)
         assert cancelled >= 100
         assert swallowed == 0, f"{swallowed} of {cancelled} cancellations turned into a decision"
         assert limiter.errors == 0
