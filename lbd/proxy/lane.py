@@ -185,7 +185,7 @@ class Glue:
         if backend is None:
             return None  # Python queues it, or answers 503, as it would
         loop = self.loop
-        req.started = time.monotonic()
+        req.started = req.attempt_started = time.monotonic()
         total = pool.timeouts.total
         req.deadline = loop.time() + total if total > 0 else float("inf")
         pool.budget.record_request()
@@ -198,7 +198,6 @@ class Glue:
         tried.add(backend)
         backend.inflight += 1
         backend.requests += 1
-        req.attempt_started = time.monotonic()
         self.served += 1
         req.request_id = request_id = request_id or server.request_ids.next()
         per_try = pool.retry.config.per_try_timeout or pool.timeouts.per_try
@@ -253,14 +252,9 @@ class Glue:
 
     def done(self, req: LaneRequest, status: int) -> None:
         """The response is complete: ``Exchange._end_attempt``, ``_finish`` and
-        ``ProxyServer.observe`` of a success."""
-        req.status = status
-        backend = req.backend
-        if backend is not None:
-            req.served_by = backend.name
-            req.backend = None
-            end_attempt(req.pool, backend, outcome_of_status(status) if status >= 500 else _SUCCESS,  # type: ignore[arg-type]
-                        req.attempt_started)
+        ``ProxyServer.observe`` of a success (the attempt's books as :meth:`head` keeps them,
+        unless the head closed it already)."""
+        self.head(req, status)
         self.server.observe(req)  # type: ignore[arg-type]
 
     def aborted(self, req: LaneRequest) -> None:

@@ -3,6 +3,7 @@ test may kill and start again; the integration tests fail, never skip, without o
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,3 +39,14 @@ class RedisServer:
             self._proc.kill()
             self._proc.wait(10)
             self._proc = None
+
+
+async def silent_server() -> tuple[asyncio.AbstractServer, str]:
+    """A server that accepts connections and reads every command but never answers (a Redis
+    that hangs): the server, to close, and its ``redis://`` URL."""
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1 << 16):
+            pass
+        writer.close()
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    return server, f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"

@@ -14,6 +14,7 @@ from lbd.cache import RequestInfo, ResponseCache
 from lbd.cache.redis_store import RedisStore
 from lbd.config.cache import PoolCacheConfig
 from tests.support.cancellation import cancel_at_many_moments
+from tests.support.redis_server import silent_server
 
 JSON = [("content-type", "application/json")]
 ROUTE = PoolCacheConfig.model_validate({"semantic": {}})
@@ -278,13 +279,8 @@ def test_a_follower_facing_a_server_that_never_answers_gives_up_in_time_and_clos
     """Connections accepted, nothing ever answered: the follower's reads are bounded (it
     reports a failure and tries again) and close() does not wait for them."""
     async def scenario() -> None:
-        async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while await reader.read(1 << 16):
-                pass  # reads every command, answers none
-            writer.close()
-        server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix=prefix, timeout=0.05, backoff_base=0.05,
+        server, url = await silent_server()
+        store = RedisStore(url, prefix=prefix, timeout=0.05, backoff_base=0.05,
                            backoff_max=0.2)
         failures: list[float] = []
         started = time.monotonic()

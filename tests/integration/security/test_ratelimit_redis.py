@@ -13,7 +13,7 @@ import pytest
 from lbd.config.security import RateLimitConfig
 from lbd.security.ratelimit import RedisLimiter
 from tests.support.cancellation import cancel_at_many_moments
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, silent_server
 
 
 @pytest.fixture
@@ -41,13 +41,8 @@ def test_a_cancelled_take_is_cancelled_whenever_the_cancellation_lands(redis_url
 @pytest.mark.timeout(60)
 def test_a_server_that_never_answers_fails_open_within_the_timeout_and_closes_at_once():
     async def scenario() -> None:
-        async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while await reader.read(1 << 16):
-                pass  # reads every command, answers none
-            writer.close()
-        server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        limiter = RedisLimiter(RateLimitConfig(rate=1.0, store=f"redis://127.0.0.1:{port}/0", redis_timeout=0.1),
+        server, url = await silent_server()
+        limiter = RedisLimiter(RateLimitConfig(rate=1.0, store=url, redis_timeout=0.1),
                                "p")
         for _ in range(3):
             started = time.monotonic()
