@@ -132,13 +132,19 @@ class Request:
             if self._buffered > REPLAY_LIMIT:
                 self._replayable = False
                 self._raw = None
+                if conn is not None:
+                    self._buffer = []  # sent when the connection was attached; no replay now
             elif self._raw is not None:
                 self._raw.append(data)
-            if conn is None or self._replayable:
-                self._buffer.append(framed)
         if conn is not None:
+            if self._replayable:
+                self._buffer.append(framed)  # kept for a replay
             conn.write(framed)
-        elif not self._replayable:
+            return
+        # No connection yet (being made, or queued): every piece waits for _attach, which
+        # sends them all. Past REPLAY_LIMIT reading pauses, so at most a read more is held.
+        self._buffer.append(framed)
+        if not self._replayable:
             self.client.pause_reading_for_body()  # bounded until a connection takes it
             if self._body_waiter is not None:
                 self._body_waiter()

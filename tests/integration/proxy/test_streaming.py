@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -169,3 +170,78 @@ def test_connect_timeout_answers_504(lbd, delay):
         for filler in fillers:
             filler.close()
         server.close()
+
+
+BODY_WHILE_CONNECTING = """
+listen: [{{address: "127.0.0.1:{port}"}}]
+log: {{access: false}}
+lane: {lane}
+pools:
+  web:
+    timeouts: {{connect: 5s, per_try: 10s, total: 20s}}
+    health: {{enabled: false}}
+    backends: [{{url: "http://127.0.0.1:{a}"}}]
+"""
+
+
+@pytest.mark.parametrize("lane", ["off", "auto"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_past_the_replay_limit_that_arrives_while_connecting_reaches_the_upstream_whole(
+        upstreams, monkeypatch, lane, chunked):
+    """The upstream connection is held back (only its timing: the connection is real) while
+    the client streams a 1 MiB body in pieces, several chunks to a read when chunked: every
+    piece buffered before the connection and past REPLAY_LIMIT must be sent once it is made
+    (the chunks after the one that crossed the limit, in the same read, used to be dropped)."""
+    import asyncio
+
+    import uvloop
+
+    from lbd.config import load_config_text
+    from lbd.log import AccessLog
+    from lbd.proxy import exchange
+    from lbd.proxy.server import ProxyServer
+    from lbd.runtime import Runtime
+    from tests.support.procs import free_port
+
+    monkeypatch.delenv("LBD_LANE", raising=False)
+    real_open = exchange.open_connection
+    size, piece, held = 1024 * 1024, 10_000, 250_000  # the limit falls inside a read
+    body = bytes(range(256)) * (size // 256)
+
+    def framed(data: bytes) -> bytes:
+        if not chunked:
+            return data
+        return b"".join(b"%x\r\n%b\r\n" % (len(data[i:i + 3000]), data[i:i + 3000]) for i in range(0, len(data), 3000))
+
+    async def scenario() -> dict:
+        gate = asyncio.Event()
+
+        async def held_open(loop, backend, timeout):
+            await gate.wait()
+            return await real_open(loop, backend, timeout)
+
+        monkeypatch.setattr(exchange, "open_connection", held_open)
+        port = free_port()
+        config = load_config_text(BODY_WHILE_CONNECTING.format(port=port, lane=lane, a=upstreams["a"]))
+        server = ProxyServer(Runtime.build(config), asyncio.get_running_loop(), AccessLog(False))
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
+            writer.write(b"POST /sink HTTP/1.1\r\nHost: h\r\n%b\r\n\r\n" % framing)
+            for offset in range(0, held, piece):  # separate reads, past REPLAY_LIMIT
+                writer.write(framed(body[offset:offset + piece]))
+                await asyncio.sleep(0.005)
+            gate.set()
+            writer.write(framed(body[held:]) + (b"0\r\n\r\n" if chunked else b""))
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            answer = json.loads(await reader.readexactly(length))
+            writer.close()
+            return answer
+        finally:
+            await server.shutdown(0.5)
+
+    answer = uvloop.run(scenario())
+    assert answer == {"bytes": size, "sha256": hashlib.sha256(body).hexdigest()}
