@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from lbd import heap
 from lbd.admin import AdminServer
 from lbd.config import Config, ConfigError, load_config
 from lbd.config.watch import ConfigWatcher
@@ -20,6 +21,9 @@ from lbd.systemd import Notifier
 __all__ = ["Daemon", "run"]
 
 log = logging.getLogger("lbd")
+RESETTLE_AFTER = 60.0
+"""Seconds after a reload before the heap is frozen again (``lbd.heap``): by then requests
+begun on the replaced runtime are normally over, so it is not frozen with them."""
 
 
 class Daemon:
@@ -47,6 +51,7 @@ class Daemon:
         self.watcher: ConfigWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
+        self._settling: asyncio.TimerHandle | None = None
         """Replaced runtimes' Redis rate limiters, closed once their last takes are over."""
 
     async def run(self) -> int:
@@ -79,6 +84,7 @@ class Daemon:
         if self.config_path is not None and self.config.watch.enabled:
             self.watcher = ConfigWatcher(self.config_path, self.reload, self.config.watch.interval)
             self.watcher.start()
+        heap.settle()  # what lives as long as the daemon stays out of the collector's walks
         self.ready.set()
         self.notifier.ready(self._status_line())
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
@@ -103,6 +109,9 @@ class Daemon:
             await self.cache.close()
         if self.fleet is not None:
             await self.fleet.stop()
+        if self._settling is not None:
+            self._settling.cancel()
+        heap.thaw()
         log.info("stopped")
         return 0
 
@@ -279,7 +288,16 @@ class Daemon:
         self.last_reload_errors = []
         self.last_reload_time = time.time()
         log.info("reloaded", extra={"pools": list(config.pools)})
+        self._resettle()
         return True
+
+    def _resettle(self) -> None:
+        """The replaced runtime may be garbage soon: the collector sees the frozen heap again
+        now, and it is settled again once the old runtime's requests have had time to end."""
+        heap.thaw()
+        if self._settling is not None:
+            self._settling.cancel()
+        self._settling = asyncio.get_running_loop().call_later(RESETTLE_AFTER, heap.settle)
 
     # -- rate limiters -------------------------------------------------------------------------
     def _retire_limiters(self, runtime: Runtime) -> None:

@@ -5,7 +5,10 @@ transports: a request in, the upstream's response in, the client's response out.
 left when syscalls are taken away is what lbd's own code costs, so a change to the hot path
 can be judged on a busy machine too:
 
-    python bench/proxy/hotpath.py [--requests 200000] [--access-log]
+    python bench/proxy/hotpath.py [--requests 200000] [--access-log] [--plane python|lane]
+
+``--plane lane`` drives the compiled lane (``lbd/proxy/_lane.pyx`` and its Python glue) the
+same way: what is left is the C side plus the glue's calls per request.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import uvloop
 
+from lbd import heap
 from lbd.config import load_config_text
 from lbd.log import AccessLog
 from lbd.proxy.downstream import ClientConnection
@@ -41,9 +45,12 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 21:00:0
             b"Content-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n{\"ok\":true}")
 
 
-async def main(requests: int, access_log: bool, algorithm: str, rounds: int = 5) -> None:
+async def main(requests: int, access_log: bool, algorithm: str, rounds: int = 5, plane: str = "python") -> None:
     runtime = Runtime.build(load_config_text(CONFIG % algorithm))
     server = ProxyServer(runtime, asyncio.get_running_loop(), AccessLog(access_log, io.BytesIO()))
+    heap.settle()  # as the daemon does once it is ready
+    if plane == "lane":
+        return await lane_main(server, runtime, requests, rounds, access_log, algorithm)
     client = ClientConnection(server)
     client_transport = MemoryTransport(keep=False)
     client.connection_made(client_transport)
@@ -75,11 +82,59 @@ def run_round(client, upstreams, server, requests: int) -> float:
     return time.process_time() - started
 
 
+async def lane_main(server, runtime, requests: int, rounds: int, access_log: bool, algorithm: str) -> None:
+    from lbd.proxy import _lane
+    from lbd.proxy.lane import Glue
+
+    glue = Glue(server, _lane)
+
+    async def no_connect(conn, backend, timeout):  # the bench hands each upstream its transport
+        return None
+
+    glue._connect = no_connect
+    made = []
+    connect_new = glue._connect_new
+    glue._connect_new = lambda req, backend, pool: made.append(connect_new(req, backend, pool)) or made[-1]
+    client = glue.protocol()
+    client_transport = MemoryTransport(keep=False)
+    client.connection_made(client_transport)
+    upstreams = {}
+    pool = runtime.pools["bench"]
+    if not pool.lane_ok:
+        sys.exit("the bench pool is not lane-eligible")
+    for _ in pool.backends:       # the first request to each backend makes its connection
+        client.data_received(REQUEST)
+        backend = client.req.backend
+        conn = made[-1]
+        conn.connection_made(MemoryTransport(keep=False))
+        upstreams[backend] = conn
+        conn.data_received(RESPONSE)
+    del glue._connect_new
+    best = float("inf")
+    for _ in range(rounds):
+        best = min(best, lane_round(client, upstreams, server, requests))
+    sends = client_transport.sent + sum(u.transport.sent for u in upstreams.values())
+    print(f"{best / requests * 1e6:.2f} µs/request of the lane (C and glue), best of {rounds} rounds of "
+          f"{requests} (CPU time; {sends / requests / (rounds + len(upstreams) / requests):.1f} sends/request, "
+          f"access log {'on' if access_log else 'off'}, {algorithm})")
+
+
+def lane_round(client, upstreams, server, requests: int) -> float:
+    started = time.process_time()
+    for index in range(requests):
+        client.data_received(REQUEST)
+        upstreams[client.req.backend].data_received(RESPONSE)
+        if index % 4096 == 0:
+            server.access_log.flush()
+    return time.process_time() - started
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--algorithm", default="round_robin")
+    parser.add_argument("--plane", choices=("python", "lane"), default="python")
     args = parser.parse_args()
-    uvloop.run(main(args.requests, args.access_log, args.algorithm, args.rounds))
+    uvloop.run(main(args.requests, args.access_log, args.algorithm, args.rounds, args.plane))

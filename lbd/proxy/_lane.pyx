@@ -36,6 +36,15 @@ from libc.stdio cimport snprintf
 cdef extern from "strings.h":
     int strncasecmp(const char *a, const char *b, size_t n)
 
+cdef extern from "time.h" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_REALTIME
+    int CLOCK_MONOTONIC
+
 
 DEF MAX_HEADERS = 128
 DEF MAX_TOKENS = 16
@@ -128,6 +137,105 @@ cdef inline void buf_consume(Buf *b, Py_ssize_t n):
 
 
 cdef Buf g_out          # scratch for a head being built (single-threaded, used synchronously)
+cdef Buf g_log          # scratch for an access line
+
+
+cdef inline double clock_now(int clk):
+    cdef timespec t
+    clock_gettime(clk, &t)
+    return t.tv_sec + t.tv_nsec * 1e-9
+
+
+cdef int buf_json(Buf *b, const char *s, Py_ssize_t n) except -1:
+    """UTF-8 (or ASCII) ``s`` as a JSON string: quote and backslash escaped, control bytes as
+    \\u00XX, the rest as is. (The ids, paths and methods the lane serves are ASCII: its
+    request heads carry no obs-text.)"""
+    cdef Py_ssize_t i, run = 0
+    cdef unsigned char c
+    cdef char esc[8]
+    buf_add(b, '"', 1)
+    for i in range(n):
+        c = <unsigned char>s[i]
+        if c >= 0x20 and c != 34 and c != 92:
+            continue
+        if i > run:
+            buf_add(b, s + run, i - run)
+        run = i + 1
+        if c == 34 or c == 92:
+            esc[0] = 92
+            esc[1] = <char>c
+            buf_add(b, esc, 2)
+        else:
+            snprintf(esc, 8, "\\u%04x", c)
+            buf_add(b, esc, 6)
+    if n > run:
+        buf_add(b, s + run, n - run)
+    buf_add(b, '"', 1)
+    return 0
+
+
+cdef int buf_milli(Buf *b, double x) except -1:
+    """``x`` as orjson writes ``round(x, 3)``: ``12.3``, ``0.125``, ``7.0`` (x >= 0)."""
+    cdef char tmp[32]
+    cdef int n = 0, k
+    cdef long long v = <long long>(x * 1000.0 + 0.5) if x > 0 else 0
+    cdef long long whole = v // 1000
+    cdef int frac = <int>(v % 1000)
+    k = 31
+    while True:
+        tmp[k] = <char>(48 + whole % 10)
+        whole //= 10
+        k -= 1
+        if whole == 0:
+            break
+    buf_add(b, tmp + k + 1, 31 - k)
+    tmp[0] = b'.'
+    tmp[1] = <char>(48 + frac // 100)
+    tmp[2] = <char>(48 + frac // 10 % 10)
+    tmp[3] = <char>(48 + frac % 10)
+    n = 4
+    while n > 2 and tmp[n - 1] == b'0':
+        n -= 1
+    return buf_add(b, tmp, n)
+
+
+cdef bytes L_TS = b'{"ts":'
+cdef bytes L_RID = b',"type":"access","request_id":'
+cdef bytes L_CLIENT = b',"client":'
+cdef bytes L_METHOD = b',"method":'
+cdef bytes L_PATH = b',"path":'
+cdef bytes L_BACKEND = b',"backend":'
+cdef bytes L_END = b',"attempts":1,"cache":null,"tenant":null,"duration_ms":'
+
+
+cdef bytes access_line(bytes rid, bytes client, bytes method, bytes target, int status, bytes pool,
+                       bytes backend, double duration):
+    """The access log's line for a request the lane served in one try, the fields and their
+    order as ``lbd.log.AccessLog`` writes them (``ts`` when the response ended)."""
+    cdef char num[128]
+    cdef Py_ssize_t n
+    cdef const char *t = PyBytes_AS_STRING(target)
+    cdef const char *q = <const char *>memchr(t, b'?', PyBytes_GET_SIZE(target))
+    g_log.len = 0
+    buf_addb(&g_log, L_TS)
+    buf_milli(&g_log, clock_now(CLOCK_REALTIME))
+    buf_addb(&g_log, L_RID)
+    buf_json(&g_log, PyBytes_AS_STRING(rid), PyBytes_GET_SIZE(rid))
+    buf_addb(&g_log, L_CLIENT)
+    buf_json(&g_log, PyBytes_AS_STRING(client), PyBytes_GET_SIZE(client))
+    buf_addb(&g_log, L_METHOD)
+    buf_json(&g_log, PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
+    buf_addb(&g_log, L_PATH)
+    buf_json(&g_log, t, (q - t) if q != NULL else PyBytes_GET_SIZE(target))
+    n = snprintf(num, 128, ',"status":%d,"pool":', status)
+    buf_add(&g_log, num, n)
+    buf_json(&g_log, PyBytes_AS_STRING(pool), PyBytes_GET_SIZE(pool))
+    buf_addb(&g_log, L_BACKEND)
+    buf_json(&g_log, PyBytes_AS_STRING(backend), PyBytes_GET_SIZE(backend))
+    buf_addb(&g_log, L_END)
+    buf_milli(&g_log, duration * 1e3)
+    buf_add(&g_log, "}\n", 2)
+    return PyBytes_FromStringAndSize(g_log.data, g_log.len)
 
 
 # --------------------------------------------------------------------------- character classes
@@ -351,6 +459,7 @@ cdef class Lane:
     cdef object _time, _call_at
     cdef public Py_ssize_t max_head, max_headers, max_url
     cdef public long long max_body
+    cdef public bint access_log     # the lane formats its own access lines (lbd.log.AccessLog)
     cdef list status_lines          # index status - 100 -> b"HTTP/1.1 200 OK\r\n"
 
     def __init__(self, loop, glue, status_lines):
@@ -364,12 +473,15 @@ cdef class Lane:
         self.max_url = 8192
         self.max_body = 0
 
-    def configure(self, Py_ssize_t max_head, Py_ssize_t max_headers, Py_ssize_t max_url, long long max_body):
-        """The client limits (``ClientLimitsConfig``), on start and on every reload."""
+    def configure(self, Py_ssize_t max_head, Py_ssize_t max_headers, Py_ssize_t max_url, long long max_body,
+                  bint access_log):
+        """The client limits (``ClientLimitsConfig``) and ``log.access``, on start and on
+        every reload."""
         self.max_head = max_head
         self.max_headers = max_headers
         self.max_url = max_url
         self.max_body = max_body
+        self.access_log = access_log
 
     def protocol(self):
         """Protocol factory for loop.create_server."""
@@ -396,8 +508,8 @@ cdef class LaneClient:
     # the request in flight
     cdef bytes kept                   # head and body as the client sent them (for a handover)
     cdef bytes upstream_head          # head to send upstream, with its body
-    cdef bytes rid, pool_name
-    cdef double per_try, deadline
+    cdef bytes rid, pool_name, method, target, backend_name
+    cdef double per_try, deadline, t_start
     cdef int status
 
     def __cinit__(self, Lane lane):
@@ -626,6 +738,9 @@ cdef class LaneClient:
         self.kept = PyBytes_FromStringAndSize(self.inbuf.data, self.need)
         method, target, hend = self.pending
         self.pending = None
+        self.method = method
+        self.target = target
+        self.t_start = clock_now(CLOCK_MONOTONIC)
         picked = lane.glue.begin(self, method, target, self.kept, hend, self.rid)
         if picked is None:
             return self._handover()
@@ -636,6 +751,7 @@ cdef class LaneClient:
         body = self.kept[hend:]
         self.upstream_head = self.upstream_head + rid + b"\r\n\r\n" + body
         up = <LaneUpstream>up_obj
+        self.backend_name = up.name
         self._send(up)
         return 0
 
@@ -727,7 +843,10 @@ cdef class LaneClient:
             glue.aborted(req)
             self.close_now()
             return
-        glue.done(req, self.status)
+        duration = clock_now(CLOCK_MONOTONIC) - self.t_start
+        line = access_line(self.rid, self.ip, self.method, self.target, self.status, self.pool_name,
+                           self.backend_name, duration) if self.lane.access_log else None
+        glue.done(req, self.status, duration, line)
         if not self._keep_alive or self.closing:
             self.close_now()
             return

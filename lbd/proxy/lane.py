@@ -38,6 +38,8 @@ __all__ = ["available", "wanted", "Glue", "LaneRequest"]
 log = logging.getLogger("lbd.proxy")
 _SUCCESS = Outcome.SUCCESS
 _LOCAL = Outcome.LOCAL_ORIGIN_FAILURE
+_NONE_TRIED: frozenset = frozenset()
+_NEVER = float("inf")
 
 
 def available() -> bool:
@@ -61,7 +63,7 @@ class LaneRequest:
     (``lbd.balancing.base.RequestView``), and what ``ProxyServer.observe`` and the metrics
     read of a finished exchange."""
 
-    __slots__ = ("method", "url", "raw", "hend", "client_ip", "request_id", "pool", "backend", "tried", "retries",
+    __slots__ = ("method", "url", "raw", "hend", "client_ip", "request_id", "pool", "backend", "picked", "retries",
                  "started", "deadline", "attempt_started", "status", "served_by", "next_try", "_path", "_fields")
 
     cache_status = None
@@ -83,6 +85,11 @@ class LaneRequest:
         if path is None:
             path = self._path = self.url.partition(b"?")[0].decode("latin-1")
         return path
+
+    @property
+    def tried(self) -> set[Backend]:
+        """The backends tried: the lane makes one try (retries are the Python exchange's)."""
+        return {self.picked}
 
     @property
     def is_head(self) -> bool:
@@ -133,7 +140,8 @@ class Glue:
 
     def configure(self) -> None:
         limits = self.server.limits
-        self.lane.configure(limits.max_header_size, limits.max_headers, limits.max_url_size, limits.max_body_size)
+        self.lane.configure(limits.max_header_size, limits.max_headers, limits.max_url_size, limits.max_body_size,
+                            self.server.access_log.enabled)
 
     def protocol(self):
         return self.lane.protocol()
@@ -180,28 +188,31 @@ class Glue:
         pool = server.runtime.router.route(req)
         if pool is None or not pool.lane_ok:
             return None  # 404, or a pool whose requests need the Python path
-        tried: set[Backend] = set()
-        backend, _ = pool.select(req, tried)
+        backend, _ = pool.select(req, _NONE_TRIED)
         if backend is None:
             return None  # Python queues it, or answers 503, as it would
-        loop = self.loop
         req.started = req.attempt_started = time.monotonic()
-        total = pool.timeouts.total
-        req.deadline = loop.time() + total if total > 0 else float("inf")
+        timeouts = pool.timeouts
+        total = timeouts.total
+        req.deadline = deadline = self.loop.time() + total if total > 0 else _NEVER
         pool.budget.record_request()
         req.pool = pool
-        req.backend = backend
-        req.tried = tried
+        req.backend = req.picked = backend
         req.retries = 0
         req.status = 0
         req.served_by = ""
-        tried.add(backend)
         backend.inflight += 1
         backend.requests += 1
         self.served += 1
         req.request_id = request_id = request_id or server.request_ids.next()
-        per_try = pool.retry.config.per_try_timeout or pool.timeouts.per_try
-        return req, self._upstream(req, backend, pool), request_id, pool.lane_name, per_try, req.deadline
+        idle = backend.lane_idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                break
+        else:
+            conn = self._connect_new(req, backend, pool)
+        return req, conn, request_id, pool.lane_name, pool.retry.config.per_try_timeout or timeouts.per_try, deadline
 
     def _upstream(self, req: LaneRequest, backend: Backend, pool: Pool):
         idle = backend.lane_idle
@@ -209,7 +220,10 @@ class Glue:
             conn = idle.pop()
             if not conn.closed:
                 return conn
-        conn = self.lane.upstream(backend, idle, backend.lane_name)
+        return self._connect_new(req, backend, pool)
+
+    def _connect_new(self, req: LaneRequest, backend: Backend, pool: Pool):
+        conn = self.lane.upstream(backend, backend.lane_idle, backend.lane_name)
         timeout = min(pool.timeouts.connect, req.deadline - self.loop.time())
         task = self.loop.create_task(self._connect(conn, backend, max(timeout, 0.001)))
         task.add_done_callback(lambda done: self._connected(done, conn, backend))
@@ -250,12 +264,19 @@ class Glue:
             end_attempt(req.pool, backend, outcome_of_status(status) if status >= 500 else _SUCCESS,  # type: ignore[arg-type]
                         req.attempt_started)
 
-    def done(self, req: LaneRequest, status: int) -> None:
+    def done(self, req: LaneRequest, status: int, duration: float, line: bytes | None) -> None:
         """The response is complete: ``Exchange._end_attempt``, ``_finish`` and
         ``ProxyServer.observe`` of a success (the attempt's books as :meth:`head` keeps them,
-        unless the head closed it already)."""
-        self.head(req, status)
-        self.server.observe(req)  # type: ignore[arg-type]
+        unless the head closed it already), with the duration the lane measured and the
+        access line it formatted (``None`` when ``log.access`` is off)."""
+        req.status = status
+        backend = req.backend
+        if backend is not None:
+            req.served_by = backend.name
+            req.backend = None
+            end_attempt(req.pool, backend, outcome_of_status(status) if status >= 500 else _SUCCESS,  # type: ignore[arg-type]
+                        req.attempt_started)
+        self.server.observe(req, duration, line)  # type: ignore[arg-type]
 
     def aborted(self, req: LaneRequest) -> None:
         """The response was cut after its head went out: the client connection closes."""

@@ -103,8 +103,8 @@ class ProxyServer:
         self._reload_certificates(runtime)
         old, self.runtime = self.runtime, runtime
         self.limits = runtime.config.client
+        self.access_log.enabled = runtime.config.log.access  # before the lane's configure() reads it
         self._follow_lane(runtime)
-        self.access_log.enabled = runtime.config.log.access
         for backend in old.retired(runtime):
             backend.retire()
 
@@ -118,12 +118,19 @@ class ProxyServer:
                 reload_server_context(context, listener.tls)  # type: ignore[arg-type]
 
     # -- per request ---------------------------------------------------------------------
-    def observe(self, exchange: Exchange) -> None:
+    def observe(self, exchange: Exchange, duration: float | None = None, line: bytes | None = None) -> None:
+        """A finished request: metrics and the access log. The compiled lane passes the
+        duration it measured and its access ``line``, formatted in C."""
         self.requests += 1
-        duration = time.monotonic() - exchange.started if exchange.started else 0.0
+        if duration is None:
+            duration = time.monotonic() - exchange.started if exchange.started else 0.0
         self.metrics.observe(exchange, duration)
-        if self.access_log.enabled:
-            self.access_log.add((
+        access_log = self.access_log
+        if line is not None:
+            if access_log.enabled:
+                access_log.add_line(line)
+        elif access_log.enabled:
+            access_log.add((
                 exchange.request_id.decode("latin-1"), exchange.client_ip, exchange.method.decode("latin-1"),
                 exchange.path, exchange.status, exchange.pool.name if exchange.pool else None,
                 exchange.served_by or None, exchange.retries + 1 if exchange.tried else 0, duration,

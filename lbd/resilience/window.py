@@ -28,8 +28,9 @@ class RollingWindow:
         self._head_ends = float("-inf")  # when the newest bucket ends: before that, no work
 
     def add(self, now: float, field: int, amount: int = 1) -> None:
-        index = self._advance(now)
-        self._counts[index % self._buckets][field] += amount
+        # Once per request (the retry budget, the breaker): the current bucket without a call.
+        index = self._head if now < self._head_ends else self._advance(now)
+        self._counts[index % self._buckets][field] += amount  # type: ignore[operator]
         self._totals[field] += amount
 
     def total(self, now: float, field: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 
@@ -105,6 +106,22 @@ def test_reload_applies_a_good_file_and_says_what_changed(harness, upstreams):
             assert answer["changes"]["pools_changed"] == {"web": {"backends_added": ["delta"]}}
             assert sorted(h.runtime.pools) == ["api", "extra", "web"]
             assert [b.name for b in h.runtime.pools["web"].backends] == ["alpha", "beta", "delta"]
+
+    asyncio.run(scenario())
+
+
+def test_the_heap_is_frozen_when_ready_thawed_by_a_reload_and_settled_again_later(harness, monkeypatch):
+    monkeypatch.setattr("lbd.daemon.RESETTLE_AFTER", 0.2)
+
+    async def scenario() -> None:
+        async with harness() as h:
+            assert gc.get_freeze_count() > 0  # lbd.heap.settle() when ready
+            answer = await h.post_json("/admin/reload")
+            assert answer["ok"] is True
+            assert gc.get_freeze_count() == 0  # the replaced runtime's cycles can be collected
+            await asyncio.sleep(0.5)
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0  # a stopped daemon leaves nothing frozen
 
     asyncio.run(scenario())
 

@@ -184,12 +184,13 @@ def mask_body(body: bytes) -> bytes:
     return re.sub(rb'"request_id":"[0-9a-f]{16}-[0-9a-f]+"', b'"request_id":"ID"', body)
 
 
-async def with_proxy(lane: str, scenario, *, attempts: int = 1, per_try: str = "2s", upstreams: int = 1):
+async def with_proxy(lane: str, scenario, *, attempts: int = 1, per_try: str = "2s", upstreams: int = 1,
+                     names: str = "b"):
     caps = [Capture(f"cap{i}") for i in range(upstreams)]
     for cap in caps:
         await cap.start()
     port = free_port()
-    backends = ", ".join(f'{{url: "http://127.0.0.1:{cap.port}", name: b{i}}}' for i, cap in enumerate(caps))
+    backends = ", ".join(f'{{url: "http://127.0.0.1:{cap.port}", name: "{names}{i}"}}' for i, cap in enumerate(caps))
     config = load_config_text(CONFIG.format(port=port, lane=lane, attempts=attempts, per_try=per_try, backends=backends))
     server = ProxyServer(Runtime.build(config), asyncio.get_running_loop(), AccessLog(True, io.BytesIO()))
     await server.start()
@@ -296,6 +297,35 @@ def test_heads_upstream_and_to_the_client_are_the_same_as_the_python_path():
     assert b"keep-alive" not in lane_up[0].lower().replace(b"connection: keep-alive", b"")
     assert b"x-drop" not in lane_answers[6][0].lower()
     assert b"X-Request-ID: upstream-id" in lane_answers[7][0]
+
+
+ODD_IDS = [b'say "hi"', b"back\\slash", b"tab\there", b"a/b?c=d&e", b"{}[]:,~"]
+
+
+def test_access_lines_the_lane_formats_are_the_python_paths_field_for_field():
+    async def scenario(server, port, caps):
+        for rid in ODD_IDS:
+            await send(port, [b"GET /plain/x.json?secret=1 HTTP/1.1\r\nHost: h\r\nX-Request-ID: " + rid + b"\r\n\r\n"])
+        await send(port, [b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"])
+        server.access_log.flush()
+        lines = server.access_log._stream.getvalue().splitlines()
+        counters = (server.lane.served, server.lane.handed_over) if server.lane_on else None
+        return [json.loads(line) for line in lines], lines, counters
+
+    (lane_log, lane_lines, counters), (py_log, _, _) = run(scenario, names="café-")
+    assert counters == (len(ODD_IDS) + 1, 0)  # the lane served every one: its lines are C's
+    assert len(lane_log) == len(py_log) == len(ODD_IDS) + 1
+    assert [list(e) for e in lane_log] == [list(e) for e in py_log]  # the same keys in the same order
+    assert [e["request_id"] for e in lane_log[:len(ODD_IDS)]] == [rid.decode() for rid in ODD_IDS]
+    assert re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", lane_log[-1]["request_id"])  # generated: differs per run
+    assert lane_log[0]["path"] == "/plain/x.json" and lane_log[0]["attempts"] == 1
+    assert lane_log[-1]["backend"] == "café-0"  # names written as UTF-8
+    for lane, python in zip(lane_log, py_log):
+        assert abs(lane["ts"] - python["ts"]) < 60 and 0 <= lane["duration_ms"] < 10_000
+        for varies in ("ts", "duration_ms", "request_id" if lane is lane_log[-1] else "ts"):
+            lane.pop(varies, None), python.pop(varies, None)
+        assert lane == python
+    assert all(line.count(b"\n") == 0 and b"secret" not in line for line in lane_lines)
 
 
 HANDOVER = [
