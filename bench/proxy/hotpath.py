@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,7 +47,7 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 21:00:0
 
 async def main(requests: int, access_log: bool, algorithm: str, rounds: int = 5, plane: str = "python") -> None:
     runtime = Runtime.build(load_config_text(CONFIG % algorithm))
-    server = ProxyServer(runtime, asyncio.get_running_loop(), AccessLog(access_log, io.BytesIO()))
+    server = ProxyServer(runtime, asyncio.get_running_loop(), AccessLog(access_log, open(os.devnull, "wb")))
     heap.settle()  # as the daemon does once it is ready
     if plane == "lane":
         return await lane_main(server, runtime, requests, rounds, access_log, algorithm)

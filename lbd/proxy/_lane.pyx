@@ -510,6 +510,7 @@ cdef class LaneClient:
     cdef bytes upstream_head          # head to send upstream, with its body
     cdef bytes rid, pool_name, method, target, backend_name
     cdef double per_try, deadline, t_start
+    cdef double expires, timer_at     # the try's timeout (0: none running); when the handle fires
     cdef int status
 
     def __cinit__(self, Lane lane):
@@ -766,19 +767,37 @@ cdef class LaneClient:
         return 0
 
     cdef _arm_timer(self):
+        """The try's timeout. One timer handle serves the connection's requests: a handle due
+        before the new expiry is kept and re-armed when it fires (no handle per request)."""
         cdef double at = self.lane._time() + self.per_try
         if at > self.deadline:
             at = self.deadline
-        self._cancel_timer()
+        self.expires = at
+        if self.timer is not None:
+            if self.timer_at <= at:
+                return
+            self.timer.cancel()
+        self.timer_at = at
         self.timer = self.lane._call_at(at, self.timer_cb)
 
+    cdef inline void _disarm_timer(self):
+        self.expires = 0.0     # the handle stays, for the next request's try
+
     cdef _cancel_timer(self):
+        self.expires = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     def _on_timer(self):
         self.timer = None
+        if self.expires == 0.0:
+            return                 # no try running
+        if self.lane._time() < self.expires:
+            self.timer_at = self.expires        # a later request's try: wait for its expiry
+            self.timer = self.lane._call_at(self.expires, self.timer_cb)
+            return
+        self.expires = 0.0
         up = self.up
         if up is None or up.head_sent:
             return
@@ -835,8 +854,9 @@ cdef class LaneClient:
         req = self.req
         self.req = None
         self.up = None
-        self._cancel_timer()
+        self._disarm_timer()
         if self.state == C_GONE:
+            self._cancel_timer()
             return
         glue = self.lane.glue
         if not ok:
@@ -1132,7 +1152,7 @@ cdef class LaneUpstream:
         else:
             buf_add(&g_out, "\r\n", 2)
         client.status = status
-        client._cancel_timer()
+        client._disarm_timer()
         self.head_sent = True
         # the body bytes that came with the head
         avail = n - hend

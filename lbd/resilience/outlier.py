@@ -33,14 +33,18 @@ class Outcome(str, Enum):
 
 
 _GATEWAY = frozenset({502, 503, 504})
+# The members as plain names: on Python 3.11 ``Outcome.X`` goes through EnumType.__getattr__,
+# and on_result runs once per request.
+_SUCCESS, _HTTP_5XX = Outcome.SUCCESS, Outcome.HTTP_5XX
+_GATEWAY_FAILURE, _LOCAL_ORIGIN_FAILURE = Outcome.GATEWAY_FAILURE, Outcome.LOCAL_ORIGIN_FAILURE
 
 
 def outcome_of_status(status: int) -> Outcome:
     """What an answer with this status means for outlier detection (4xx is a success: the
     backend works, the request was wrong)."""
     if status in _GATEWAY:
-        return Outcome.GATEWAY_FAILURE
-    return Outcome.HTTP_5XX if 500 <= status <= 599 else Outcome.SUCCESS
+        return _GATEWAY_FAILURE
+    return _HTTP_5XX if 500 <= status <= 599 else _SUCCESS
 
 
 def in_panic(usable: int, total: int, panic_threshold: float) -> bool:
@@ -122,16 +126,19 @@ class OutlierDetector:
         state = self._states.get(backend)
         if state is None or not self.config.enabled:
             return
-        if outcome == Outcome.SUCCESS:
+        if outcome.__class__ is not Outcome:
+            try:
+                outcome = Outcome(outcome)  # given as text
+            except ValueError:
+                raise ValueError(f"not an outcome: {outcome!r}") from None
+        if outcome is _SUCCESS:
             state.consecutive_5xx = state.consecutive_gateway = state.consecutive_local = 0
-        elif outcome == Outcome.LOCAL_ORIGIN_FAILURE:
+        elif outcome is _LOCAL_ORIGIN_FAILURE:
             state.consecutive_local += 1
             self._check(backend, state.consecutive_local, self.config.consecutive_local_origin_failure,
                         "consecutive local-origin failures")
-        elif outcome == Outcome.GATEWAY_FAILURE or outcome == Outcome.HTTP_5XX:
-            self._upstream_error(backend, state, outcome == Outcome.GATEWAY_FAILURE)
-        else:
-            raise ValueError(f"not an outcome: {outcome!r}")
+        elif outcome is _GATEWAY_FAILURE or outcome is _HTTP_5XX:
+            self._upstream_error(backend, state, outcome is _GATEWAY_FAILURE)
 
     def _upstream_error(self, backend: Hashable, state: _State, gateway: bool) -> None:
         # As Envoy: a 5xx that is not a gateway failure breaks the gateway-failure streak.

@@ -533,6 +533,27 @@ def test_a_try_that_times_out_is_retried_by_python_and_answered_504_at_the_end()
     assert inflight == [0, 0] and failures == [1, 1] and [(e[2], e[5]) for e in entries] == [(504, 2)]
 
 
+def test_a_later_try_on_a_kept_alive_connection_times_out_on_its_own_clock():
+    """The lane keeps one timer handle per connection across requests: the handle armed for
+    the first request fires during the second, which must still get its whole per-try time."""
+    async def scenario(server, port, caps):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = await read_response(reader)
+        await asyncio.sleep(0.25)  # the first request's handle is due 0.15 s into the second
+        started = asyncio.get_running_loop().time()
+        writer.write(b"GET /hang HTTP/1.1\r\nHost: h\r\n\r\n")
+        second = await read_response(reader)
+        elapsed = asyncio.get_running_loop().time() - started
+        writer.close()
+        return first[0].split(b" ")[1], second[0].split(b" ")[1], elapsed
+
+    lane, python = run(scenario, per_try="400ms")
+    for first, second, elapsed in (lane, python):
+        assert (first, second) == (b"200", b"504")
+        assert 0.38 <= elapsed < 1.5, elapsed
+
+
 def test_a_refused_connection_is_retried_on_another_backend():
     async def scenario(server, port, caps):
         await caps[0].stop()  # b0 refuses connections from now on
