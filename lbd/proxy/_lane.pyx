@@ -11,10 +11,18 @@ Per client connection (:class:`LaneClient`), per request:
   origin-form target, token field names, no control characters, one Host, at most one
   Content-Length of digits, Connection naming only close/keep-alive, well inside the
   configured head limits). Anything else, and every field the Python path acts on besides
-  the forwarding ones (Transfer-Encoding, Expect, Upgrade, Prefer, x-lbd-timeout-ms, several
-  X-Forwarded-For or X-Request-ID fields), HANDS THE CONNECTION OVER: a Python
-  ``ClientConnection`` takes the transport and is fed every byte the lane buffered; the
-  connection stays Python from then on.
+  the forwarding ones (Transfer-Encoding, Expect, Upgrade, Prefer, x-lbd-timeout-ms,
+  Proxy-Connection, several X-Forwarded-For or X-Request-ID fields), HANDS THE CONNECTION
+  OVER: a Python ``ClientConnection`` takes the transport and is fed every byte the lane
+  buffered; the connection stays Python from then on.
+* llhttp reads every byte it is given, and the Python path's answer to a request depends on
+  what is pipelined behind it (a refusal there closes the connection after it). So the
+  requests buffered behind one are checked before it goes upstream, and the connection is
+  handed over first when one is not the lane's (or anything follows ``Connection: close``).
+  A request whose body is still to come is routed first (``glue.routable``): Python answers
+  at the head what it refuses there (404, 401, 429), the lane would wait for the body.
+  (tests/unit/proxy/test_lane_parse.py and tests/integration/proxy/test_lane_fuzz.py hold
+  the lane to llhttp and to the Python path.)
 * the upstream head is built in C exactly as ``lbd.proxy.heads.request_head`` builds it.
 * once the whole body is in (at most 64 KiB, kept for a replay), one Python call
   (``glue.begin``) routes and picks, or says "hand over".
@@ -54,7 +62,7 @@ DEF PIPELINE_LIMIT = 262144    # bytes buffered behind a request before reading 
 
 # field kinds (lbd.proxy.http.FIELDS, plus the ones the lane hands over for)
 DEF H_OTHER = 0
-DEF H_HOP = 1                  # keep-alive, proxy-connection, te, trailer, proxy-authenticate/-authorization
+DEF H_HOP = 1                  # keep-alive, te, trailer, proxy-authenticate/-authorization
 DEF H_CONNECTION = 2
 DEF H_TRANSFER_ENCODING = 3
 DEF H_CONTENT_LENGTH = 4
@@ -66,6 +74,7 @@ DEF H_TIMEOUT = 9
 DEF H_RETRY_AFTER = 10
 DEF H_PREFER = 11
 DEF H_UPGRADE = 12
+DEF H_PROXY_CONNECTION = 13    # llhttp reads it as Connection (close, keep-alive); a hop-by-hop field
 
 # client states
 DEF C_HEAD = 0       # waiting for (the rest of) a request head
@@ -320,7 +329,7 @@ cdef int classify(const char *s, Py_ssize_t n):
     elif n == 15:
         if strncasecmp(s, "x-forwarded-for", 15) == 0: return H_XFF
     elif n == 16:
-        if strncasecmp(s, "proxy-connection", 16) == 0: return H_HOP
+        if strncasecmp(s, "proxy-connection", 16) == 0: return H_PROXY_CONNECTION
         if strncasecmp(s, "x-lbd-timeout-ms", 16) == 0: return H_TIMEOUT
     elif n == 17:
         if strncasecmp(s, "transfer-encoding", 17) == 0: return H_TRANSFER_ENCODING
@@ -441,6 +450,200 @@ cdef bint known_method(const char *p, Py_ssize_t n):
     return False
 
 
+cdef bint known_method_prefix(const char *p, Py_ssize_t n):
+    """Is ``p[:n]`` (a run of tchars) the start of a method the lane serves?"""
+    cdef const char *m
+    for m in (b"GET", b"PUT", b"POST", b"HEAD", b"PATCH", b"DELETE", b"OPTIONS"):
+        if <Py_ssize_t>len(m) >= n and memcmp(p, m, n) == 0:
+            return True
+    return False
+
+
+cdef struct Head:
+    Py_ssize_t m              # the method's length
+    Py_ssize_t target_end
+    int nh                    # fields, in g_h
+    int flags                 # Connection: 1 close, 2 keep-alive
+    int xrid                  # the X-Request-ID field's index, or -1
+    int xff                   # the X-Forwarded-For field's index, or -1
+    long long length          # Content-Length, 0 without
+
+
+cdef int check_head(const char *p, Py_ssize_t hend, Py_ssize_t max_url, Py_ssize_t max_headers, long long max_body,
+                    Head *r):
+    """Is the whole request head ``p[:hend]`` one the lane serves (with the client limits)?
+    0 (its fields in g_h, the rest in ``r``), or -1: Python's."""
+    cdef Py_ssize_t i = 0, v
+    cdef int nh, k, kind, flags = 0, hosts = 0, xrid = -1, xff = -1, lengths = 0, conns = 0
+    cdef long long length = 0
+    # request line: METHOD SP /target SP HTTP/1.1 CRLF
+    while TCHAR[<unsigned char>p[i]]:
+        i += 1
+    r.m = i
+    if not known_method(p, i) or p[i] != b' ':
+        return -1
+    i += 1
+    if p[i] != b'/':
+        return -1
+    while UCHAR[<unsigned char>p[i]]:
+        i += 1
+    if p[i] != b' ' or i - r.m - 1 > max_url:
+        return -1
+    r.target_end = i
+    i += 1
+    if i + 10 > hend or memcmp(p + i, b"HTTP/1.1\r\n", 10) != 0:
+        return -1      # HTTP/1.0 and everything else: Python
+    nh = parse_headers(p, i + 10, hend, True)
+    if nh < 0 or nh > max_headers:
+        return -1
+    for k in range(nh):
+        kind = g_h[k].kind
+        if kind == H_OTHER or kind == H_HOP or kind == H_RETRY_AFTER:
+            continue
+        if kind == H_CONTENT_LENGTH:
+            lengths += 1
+            length = parse_length(p, g_h[k].value, g_h[k].value_len)
+        elif kind == H_HOST:
+            hosts += 1
+        elif kind == H_CONNECTION:
+            conns += 1
+            v = g_h[k].value
+            if (memchr(p + v, b'\t', g_h[k].value_len) != NULL   # llhttp versions differ on tabs
+                    or connection_tokens(p, v, g_h[k].value_len, &flags) < 0 or g_ntok):
+                return -1
+        elif kind == H_XRID:
+            if xrid >= 0:
+                return -1
+            xrid = k
+        elif kind == H_XFF:
+            if xff >= 0:
+                return -1
+            xff = k
+        else:   # Transfer-Encoding, Expect, Upgrade, Prefer, x-lbd-timeout-ms, Proxy-Connection
+            return -1
+    if lengths > 1 or length < 0 or hosts != 1 or conns > 1:
+        return -1
+    if length > REPLAY_LIMIT or (max_body and length > max_body):
+        return -1
+    r.nh = nh
+    r.flags = flags
+    r.xrid = xrid
+    r.xff = xff
+    r.length = length
+    return 0
+
+
+cdef bint head_prefix_ok(const char *p, Py_ssize_t n, Py_ssize_t max_url, Py_ssize_t max_headers):
+    """May the incomplete head ``p[:n]`` (no CRLFCRLF, no bare LF in it) still become one the
+    lane serves? A look at the request line and the field lines so far (llhttp and the
+    Python path's limits refuse a head before it is whole), no more."""
+    cdef Py_ssize_t i = 0, s, k, m, lines = 0
+    cdef unsigned char c
+    while i < n and TCHAR[<unsigned char>p[i]]:
+        i += 1
+    if i == n:
+        return known_method_prefix(p, n)
+    if not known_method(p, i) or p[i] != b' ':
+        return False
+    m = i
+    i += 1
+    if i == n:
+        return True
+    if p[i] != b'/':
+        return False
+    while i < n and UCHAR[<unsigned char>p[i]]:
+        i += 1
+    if i - m - 1 > max_url:
+        return False
+    if i == n:
+        return True
+    if p[i] != b' ':
+        return False
+    i += 1
+    k = n - i if n - i < 10 else 10
+    if memcmp(p + i, b"HTTP/1.1\r\n", k) != 0:
+        return False
+    i += 10
+    while i < n:              # field lines: name, colon, value chars, CRLF
+        s = i
+        while i < n and TCHAR[<unsigned char>p[i]]:
+            i += 1
+        if i == n:
+            return True
+        if i == s:
+            return p[i] == b'\r' and i + 1 == n      # the blank line's CR
+        if p[i] != b':':
+            return False
+        i += 1
+        while i < n and p[i] != b'\r':
+            c = <unsigned char>p[i]
+            if (c < 32 and c != 9) or c >= 127:
+                return False
+            i += 1
+        i += 2                # CRLF (a bare CR or LF: find_head_end or the next round says)
+        if i - 1 < n and p[i - 1] != b'\n':
+            return False
+        if i <= n:
+            lines += 1
+            if lines > max_headers:
+                return False
+    return True
+
+
+def read_head(bytes data, Py_ssize_t max_head=65536, Py_ssize_t max_url=8192, Py_ssize_t max_headers=100,
+              long long max_body=0):
+    """How the lane reads the request at the start of ``data`` (for tests: the lane against
+    llhttp): ``None`` when it hands the connection over; ``"more"`` when it waits for more
+    bytes (the head is not whole); else ``(method, target, fields, keep_alive, end)``, the
+    fields as ``(name, value)`` and ``end`` where the request (head and body) ends in data."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t hend = find_head_end(p, n, 0)
+    cdef Head r
+    cdef int k
+    if hend == -1:
+        return None if n > max_head or n > HARD_HEAD else "more"
+    if hend < 0 or hend > max_head:
+        return None
+    if check_head(p, hend, max_url, max_headers, max_body, &r) < 0:
+        return None
+    fields = [(PyBytes_FromStringAndSize(p + g_h[k].line, g_h[k].name_len),
+               PyBytes_FromStringAndSize(p + g_h[k].value, g_h[k].value_len)) for k in range(r.nh)]
+    return (PyBytes_FromStringAndSize(p, r.m), PyBytes_FromStringAndSize(p + r.m + 1, r.target_end - r.m - 1),
+            fields, not (r.flags & 1), hend + r.length)
+
+
+cdef Py_ssize_t pipelined_check(const char *p, Py_ssize_t n, Py_ssize_t max_head, Py_ssize_t max_url,
+                                Py_ssize_t max_headers, long long max_body):
+    """The ``n`` bytes buffered behind a request about to go upstream, as llhttp reads them
+    at once: -1 when a request in them is not one the lane serves (nor the start of one that
+    may be), or bytes follow a ``Connection: close`` request; else how many bytes the whole
+    requests in them take (what follows is the start of one that may still be served)."""
+    cdef Py_ssize_t i = 0, hend, end
+    cdef Head r
+    while i < n:
+        hend = find_head_end(p + i, n - i, 0)
+        if hend == -1:
+            return i if n - i <= max_head and head_prefix_ok(p + i, n - i, max_url, max_headers) else -1
+        if hend < 0 or hend > max_head or check_head(p + i, hend, max_url, max_headers, max_body, &r) < 0:
+            return -1
+        end = i + hend + r.length
+        if end > n:
+            return i          # its body is still arriving
+        if (r.flags & 1) and end < n:
+            return -1         # llhttp: "Data after Connection: close"
+        i = end
+    return i
+
+
+def next_ok(bytes data, Py_ssize_t max_head=65536, Py_ssize_t max_url=8192, Py_ssize_t max_headers=100,
+            long long max_body=0):
+    """For tests: may ``data``, buffered behind a request about to go upstream, be requests
+    the lane serves, and the start of one? (Otherwise the lane hands over first.)"""
+    return pipelined_check(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), max_head, max_url, max_headers,
+                           max_body) >= 0
+
+
 cdef bytes S_XFF = b"x-forwarded-for: "
 cdef bytes S_XFP = b"\r\nx-forwarded-proto: http\r\nx-request-id: "
 cdef bytes S_BACKEND = b"x-lbd-backend: "
@@ -503,6 +706,7 @@ cdef class LaneClient:
     cdef Buf inbuf
     cdef int state
     cdef Py_ssize_t need              # head + body bytes of the request being read
+    cdef Py_ssize_t checked           # inbuf up to here: whole requests the lane serves (pipelined_check)
     cdef bint _keep_alive, is_head, read_paused, write_paused, closing
     cdef object timer, timer_cb, pending
     # the request in flight
@@ -646,63 +850,22 @@ cdef class LaneClient:
         return 0
 
     cdef int _on_head(self, const char *p, Py_ssize_t hend) except -1:
-        cdef Py_ssize_t i = 0, m, target_end
-        cdef int nh, k, kind, flags = 0, hosts = 0, xrid = -1, xff = -1, lengths = 0, conns = 0
-        cdef long long length = 0
+        cdef Head r
+        cdef int nh, k, kind, xrid, xff
+        cdef long long length
         cdef Hdr *h
         cdef Lane lane = self.lane
-        # request line: METHOD SP /target SP HTTP/1.1 CRLF
-        while TCHAR[<unsigned char>p[i]]:
-            i += 1
-        m = i
-        if not known_method(p, m) or p[i] != b' ':
+        if check_head(p, hend, lane.max_url, lane.max_headers, lane.max_body, &r) < 0:
             return self._handover()
-        self.is_head = m == 4 and memcmp(p, b"HEAD", 4) == 0
-        i += 1
-        if p[i] != b'/':
-            return self._handover()
-        while UCHAR[<unsigned char>p[i]]:
-            i += 1
-        if p[i] != b' ' or i - m - 1 > lane.max_url:
-            return self._handover()
-        target_end = i
-        i += 1
-        if i + 10 > hend or memcmp(p + i, b"HTTP/1.1\r\n", 10) != 0:
-            return self._handover()      # HTTP/1.0 and everything else: Python
-        nh = parse_headers(p, i + 10, hend, True)
-        if nh < 0 or nh > lane.max_headers:
-            return self._handover()
-        for k in range(nh):
-            kind = g_h[k].kind
-            if kind == H_OTHER or kind == H_HOP or kind == H_RETRY_AFTER:
-                continue
-            if kind == H_CONTENT_LENGTH:
-                lengths += 1
-                length = parse_length(p, g_h[k].value, g_h[k].value_len)
-            elif kind == H_HOST:
-                hosts += 1
-            elif kind == H_CONNECTION:
-                conns += 1
-                if connection_tokens(p, g_h[k].value, g_h[k].value_len, &flags) < 0 or g_ntok:
-                    return self._handover()
-            elif kind == H_XRID:
-                if xrid >= 0:
-                    return self._handover()
-                xrid = k
-            elif kind == H_XFF:
-                if xff >= 0:
-                    return self._handover()
-                xff = k
-            else:   # Transfer-Encoding, Expect, Upgrade, Prefer, x-lbd-timeout-ms
-                return self._handover()
-        if lengths > 1 or length < 0 or hosts != 1 or conns > 1:
-            return self._handover()
-        if length > REPLAY_LIMIT or (lane.max_body and length > lane.max_body):
-            return self._handover()
-        self._keep_alive = not (flags & 1)
+        nh = r.nh
+        xrid = r.xrid
+        xff = r.xff
+        length = r.length
+        self.is_head = r.m == 4 and memcmp(p, b"HEAD", 4) == 0
+        self._keep_alive = not (r.flags & 1)
         # the upstream head, as lbd.proxy.heads.request_head builds it (x-request-id last)
         g_out.len = 0
-        buf_add(&g_out, p, target_end)
+        buf_add(&g_out, p, r.target_end)
         buf_add(&g_out, " HTTP/1.1\r\n", 11)
         for k in range(nh):
             h = &g_h[k]
@@ -723,18 +886,30 @@ cdef class LaneClient:
         self.need = hend + length
         self.state = C_BODY
         # what the Python side needs to route and pick: method, target, Host, the raw head
-        self.pending = (PyBytes_FromStringAndSize(p, m),
-                    PyBytes_FromStringAndSize(p + m + 1, target_end - m - 1),
-                    hend)
+        method = PyBytes_FromStringAndSize(p, r.m)
+        target = PyBytes_FromStringAndSize(p + r.m + 1, r.target_end - r.m - 1)
+        self.pending = (method, target, hend)
         if self.inbuf.len >= self.need:
             self._request_whole()
+        elif not lane.glue.routable(self, method, target, PyBytes_FromStringAndSize(p, hend), hend):
+            # The body is still to come and Python would answer at the head (no route, a
+            # pool the lane does not serve: 404, 401, 429 ...), not once the body is in.
+            return self._handover()
         return 0
 
     cdef int _request_whole(self) except -1:
-        """Head and body are buffered: one Python call routes and picks."""
+        """Head and body are buffered: one Python call routes and picks.
+
+        Requests pipelined behind this one are read now, as llhttp reads every byte it is
+        given: when one is not the lane's (Python would refuse it, or answer it its own way),
+        or anything follows a ``Connection: close`` request, the connection goes to Python
+        before this request does, for Python's answer to this one depends on them (a
+        refusal behind it closes the connection after it; the requests between are dropped)."""
         cdef Lane lane = self.lane
         cdef Py_ssize_t hend
         cdef LaneUpstream up
+        if self.inbuf.len > self.need and (not self._keep_alive or not self._pipelined_ok()):
+            return self._handover()
         self.state = C_WAIT
         self.kept = PyBytes_FromStringAndSize(self.inbuf.data, self.need)
         method, target, hend = self.pending
@@ -765,6 +940,18 @@ cdef class LaneClient:
             up.transport.write(self.upstream_head)
             self._arm_timer()
         return 0
+
+    cdef bint _pipelined_ok(self):
+        """Are the bytes buffered behind the request requests the lane serves (and the start
+        of one)? What was found so before is not read again (``checked``)."""
+        cdef Lane lane = self.lane
+        cdef Py_ssize_t start = self.checked if self.checked > self.need else self.need
+        cdef Py_ssize_t k = pipelined_check(self.inbuf.data + start, self.inbuf.len - start, lane.max_head,
+                                            lane.max_url, lane.max_headers, lane.max_body)
+        if k < 0:
+            return False
+        self.checked = start + k
+        return True
 
     cdef _arm_timer(self):
         """The try's timeout. One timer handle serves the connection's requests: a handle due
@@ -871,6 +1058,7 @@ cdef class LaneClient:
             self.close_now()
             return
         buf_consume(&self.inbuf, self.need)
+        self.checked = self.checked - self.need if self.checked > self.need else 0
         self.need = 0
         self.state = C_HEAD
         self.kept = None
@@ -1089,6 +1277,8 @@ cdef class LaneUpstream:
                 last_conn = k
                 if connection_tokens(p, g_h[k].value, g_h[k].value_len, &flags) < 0:
                     return self.bad_response("Connection field")
+            elif kind == H_PROXY_CONNECTION:       # dropped, but its close counts (llhttp)
+                connection_tokens(p, g_h[k].value, g_h[k].value_len, &flags)
             elif kind == H_TRANSFER_ENCODING:
                 transfer += 1
                 if g_h[k].value_len != 7 or strncasecmp(p + g_h[k].value, "chunked", 7) != 0:
@@ -1130,7 +1320,8 @@ cdef class LaneUpstream:
         for k in range(nh):
             h = &g_h[k]
             kind = h.kind
-            if kind == H_HOP or kind == H_CONNECTION or kind == H_TRANSFER_ENCODING or kind == H_UPGRADE:
+            if (kind == H_HOP or kind == H_CONNECTION or kind == H_TRANSFER_ENCODING or kind == H_UPGRADE
+                    or kind == H_PROXY_CONNECTION):
                 continue
             if g_ntok and named_by_connection(p, h):
                 continue

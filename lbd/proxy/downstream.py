@@ -170,6 +170,10 @@ class ClientConnection(Corked, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
+        if self.closing:
+            # Pipelined behind a request whose answer closed the connection (a refusal made
+            # while its head was parsed, in the same read): never begun, never sent upstream.
+            return
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":

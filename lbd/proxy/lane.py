@@ -176,6 +176,17 @@ class Glue:
         conn.close_now()
 
     # -- per request ---------------------------------------------------------------------
+    def routable(self, conn, method: bytes, url: bytes, head: bytes, hend: int) -> bool:
+        """A request whose body is still to come: would :meth:`begin` route it to a pool the
+        lane serves? If not, Python takes it now, for the Python path answers such requests
+        at the head (404, 401, 429, the jobs API) rather than once the body is in."""
+        server = self.server
+        jobs = server.jobs
+        if jobs is not None and url.startswith(jobs.prefix_bytes):
+            return False
+        pool = server.runtime.router.route(LaneRequest(method, url, head, hend, conn.client_ip))
+        return pool is not None and pool.lane_ok
+
     def begin(self, conn, method: bytes, url: bytes, raw: bytes, hend: int, request_id: bytes | None):
         """Route and pick for a plain request whose head and body are in ``raw``: the
         request, its upstream connection, its request id, the pool's name, the per-try

@@ -8,7 +8,6 @@ The proxy runs in this process (so the test can read the lane's counters), on re
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 
@@ -16,198 +15,11 @@ import pytest
 import uvloop
 
 from lbd.config import load_config_text
-from lbd.log import AccessLog
 from lbd.proxy import lane as lane_module
-from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
-from tests.support.procs import free_port
+from tests.support.lane import CONFIG, access_entries, dechunk, mask, mask_body, read_response, send, with_proxy
 
 pytestmark = pytest.mark.skipif(not lane_module.available(), reason="the compiled lane is not built")
-
-CONFIG = """
-listen: [{{address: "127.0.0.1:{port}"}}]
-log: {{access: false}}
-lane: {lane}
-default_pool: web
-pools:
-  web:
-    retry: {{attempts: {attempts}, backoff: {{base: 1ms, max: 2ms}}}}
-    timeouts: {{connect: 500ms, per_try: {per_try}, total: 5s}}
-    health: {{enabled: false}}
-    outlier: {{enabled: false}}
-    backends: [{backends}]
-  keyed:
-    match: {{path_prefix: /keyed}}
-    auth: {{keys: [{{sha256: 85dbe15d75ef9308c7ae0f33c7a324cc6f4bf519a2ed2f3027bd33c140a4f9aa, tenant: t1}}]}}
-    backends: [{backends}]
-"""
-
-PIPELINE_GAP = 0.05
-
-
-class Capture:
-    """A scripted upstream that records every request head it receives."""
-
-    def __init__(self, name: str = "cap") -> None:
-        self.name = name
-        self.heads: list[bytes] = []
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
-        self.connections = 0
-        self.fail_next = 0       # answer this many requests with 503
-        self.kill_next = 0       # close this many connections without an answer
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.heads.append(head)
-                length = re.search(rb"(?im)^content-length: *(\d+)", head)
-                if length:
-                    await reader.readexactly(int(length.group(1)))
-                elif re.search(rb"(?im)^transfer-encoding: *chunked", head):
-                    await reader.readuntil(b"0\r\n\r\n")
-                if self.kill_next:
-                    self.kill_next -= 1
-                    writer.transport.abort()
-                    return
-                method, target = head.split(b" ")[:2]
-                if target.startswith(b"/hang"):
-                    await asyncio.sleep(3)
-                answer, close = self._answer(method, target.decode())
-                writer.write(answer)
-                await writer.drain()
-                if close:
-                    writer.close()
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    def _answer(self, method: bytes, target: str) -> tuple[bytes, bool]:
-        if self.fail_next:
-            self.fail_next -= 1
-            return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nX-Up: %b\r\n\r\nbusy" % self.name.encode(), False
-        path = target.partition("?")[0]
-        up = b"X-Up: " + self.name.encode() + b"\r\n"
-        if path == "/chunked":
-            return (b"HTTP/1.1 200 OK\r\n" + up + b"Transfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
-                    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"), False
-        if path == "/nolen":
-            return b"HTTP/1.1 200 OK\r\n" + up + b"Content-Type: text/plain\r\n\r\nuntil close", True
-        if path == "/204":
-            return b"HTTP/1.1 204 No Content\r\n" + up + b"\r\n", False
-        if path == "/304":
-            return b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 10\r\n" + up + b"\r\n", False
-        if path == "/hop":
-            return (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\n"
-                    b"Proxy-Authenticate: Basic\r\nX-Keep:  spaced  \r\nUpgrade: h2c\r\n" + up +
-                    b"Content-Length: 2\r\n\r\nok"), False
-        if path == "/rid":
-            return b"HTTP/1.1 200 OK\r\nX-Request-ID: upstream-id\r\nContent-Length: 2\r\n" + up + b"\r\nok", False
-        if path == "/close":
-            return b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n" + up + b"\r\nok", True
-        if path == "/status/500":
-            return b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 3\r\n" + up + b"\r\nbad", False
-        if path == "/weird":
-            return b"HTTP/1.1 299 Whatever\r\nContent-Length: 0\r\nRetry-After: 3\r\n" + up + b"\r\n", False
-        if path == "/big":
-            size = int(target.partition("size=")[2] or 0)
-            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (size, up, b"x" * size), False
-        body = b"ok" if method != b"HEAD" else b""
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n" + up + b"\r\n" + body, False
-
-
-async def read_response(reader: asyncio.StreamReader, method: bytes = b"GET") -> tuple[bytes, bytes]:
-    """One response: its head (with the blank line) and its body as sent (framing included)."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    status = int(head.split(b" ")[1])
-    if status == 100:
-        head += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        status = int(head.split(b"\r\n\r\n")[1].split(b" ")[1])
-    length = re.search(rb"(?im)^content-length: *(\d+)", head)
-    if method == b"HEAD" or status in (204, 304):
-        return head, b""
-    if re.search(rb"(?im)^transfer-encoding: *chunked", head):
-        body = b""
-        while not body.endswith(b"0\r\n\r\n") or not _chunked_complete(body):
-            piece = await asyncio.wait_for(reader.read(65536), 5)
-            if not piece:
-                break
-            body += piece
-        return head, body
-    if length:
-        return head, await asyncio.wait_for(reader.readexactly(int(length.group(1))), 5)
-    return head, await asyncio.wait_for(reader.read(), 5)
-
-
-def _chunked_complete(body: bytes) -> bool:
-    i = 0
-    while True:
-        end = body.find(b"\r\n", i)
-        if end < 0:
-            return False
-        size = int(body[i:end].split(b";")[0], 16)
-        if size == 0:
-            return body[end + 2:end + 4] == b"\r\n"
-        i = end + 2 + size + 2
-
-
-def dechunk(body: bytes) -> bytes:
-    out, i = b"", 0
-    while True:
-        end = body.find(b"\r\n", i)
-        if end < 0:
-            return out + b"(cut)"
-        size = int(body[i:end], 16)
-        if size == 0:
-            return out
-        out += body[end + 2:end + 2 + size]
-        i = end + 2 + size + 2
-
-
-def mask(head: bytes) -> bytes:
-    """Request ids are generated per process and per request: compare their presence only."""
-    return re.sub(rb"(?im)^(x-request-id: )[0-9a-f]{16}-[0-9a-f]+(\r\n)", rb"\1ID\2", head).replace(
-        b'"request_id":"', b'"request_id":"').strip()
-
-
-def mask_body(body: bytes) -> bytes:
-    return re.sub(rb'"request_id":"[0-9a-f]{16}-[0-9a-f]+"', b'"request_id":"ID"', body)
-
-
-async def with_proxy(lane: str, scenario, *, attempts: int = 1, per_try: str = "2s", upstreams: int = 1,
-                     names: str = "b"):
-    caps = [Capture(f"cap{i}") for i in range(upstreams)]
-    for cap in caps:
-        await cap.start()
-    port = free_port()
-    backends = ", ".join(f'{{url: "http://127.0.0.1:{cap.port}", name: "{names}{i}"}}' for i, cap in enumerate(caps))
-    config = load_config_text(CONFIG.format(port=port, lane=lane, attempts=attempts, per_try=per_try, backends=backends))
-    server = ProxyServer(Runtime.build(config), asyncio.get_running_loop(), AccessLog(True, io.BytesIO()))
-    await server.start()
-    try:
-        return await scenario(server, port, caps)
-    finally:
-        await server.shutdown(0.5)
-        for cap in caps:
-            await cap.stop()
-
-
-def access_entries(server) -> list[tuple]:
-    """The access log's entries so far, without what differs per run (ids, durations, backends)."""
-    server.access_log.flush()
-    entries = [json.loads(line) for line in server.access_log._stream.getvalue().splitlines()]
-    return [(e["method"], e["path"], e["status"], e["pool"], e["backend"] is not None, e["attempts"], e["cache"],
-             e["tenant"], e["client"]) for e in entries]
 
 
 def anonymous(answers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -222,25 +34,6 @@ async def with_proxy_both(scenario, **kw):
     lane = await with_proxy("auto", scenario, **kw)
     python = await with_proxy("off", scenario, **kw)
     return lane, python
-
-
-async def send(port: int, requests: list[bytes], methods: list[bytes] | None = None) -> list[tuple[bytes, bytes]]:
-    """Send each request on one connection, one after the other, reading each response."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    answers = []
-    try:
-        for i, raw in enumerate(requests):
-            writer.write(raw)
-            await writer.drain()
-            method = (methods or [raw.split(b" ")[0]] * len(requests))[i] if methods else raw.split(b" ")[0]
-            try:
-                answers.append(await read_response(reader, method))
-            except (asyncio.IncompleteReadError, ConnectionError):
-                answers.append((b"", b""))
-                break
-    finally:
-        writer.close()
-    return answers
 
 
 @pytest.fixture(autouse=True)
@@ -351,6 +144,9 @@ HANDOVER = [
     b"POST /plain HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n" + b"y" * 70000,
     b"GET /plain HTTP/1.1\r\nHost: h\r\nX-Long: " + b"z" * 70000 + b"\r\n\r\n",
     b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    # found by test_lane_fuzz.py: llhttp reads Proxy-Connection as Connection (close: no keep-alive)
+    b"GET /plain HTTP/1.1\r\nHost: h\r\nProxy-Connection: close\r\n\r\n",
+    b"GET /plain HTTP/1.1\r\nHost: h\r\nConnection: close\t\r\n\r\n",  # llhttp versions differ on the tab
 ]
 
 
@@ -367,6 +163,88 @@ def test_handover_on_a_connection_that_served_lane_requests_answers_as_python():
     assert lane_up == py_up
     for raw, a, b in zip(HANDOVER, lane_answers, py_answers):
         assert a == b, raw[:60]
+
+
+async def send_at_once(port: int, data: bytes) -> bytes:
+    """``data`` in one write; everything the proxy answers until it closes (ids masked)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    got = b""
+    try:
+        while piece := await asyncio.wait_for(reader.read(65536), 5):
+            got += piece
+    finally:
+        writer.close()
+    return re.sub(rb"[0-9a-f]{16}-[0-9a-f]+", b"ID", got)
+
+
+CLOSING = b"GET /plain HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+# Found by test_lane_fuzz.py. llhttp reads every byte it is given: a refusal pipelined behind a
+# request closes the connection after that request's answer (and drops the requests between),
+# bytes after a Connection: close request are one ("Data after Connection: close"). The lane
+# hands such a connection over before the request goes.
+PIPELINED = [
+    PLAIN[2] + b"hello",
+    PLAIN[2] + PLAIN[2] + b"hello",
+    PLAIN[2] + b"GET /" + b"u" * 9000,
+    CLOSING + PLAIN[2],
+    PLAIN[2] + CLOSING + PLAIN[2],
+    PLAIN[1] + b"GET /plain HTTP/1.1\r\nBad Name: x\r\n\r\n",
+]
+
+
+def test_a_connection_with_a_refusal_pipelined_behind_a_request_is_pythons_before_the_request_goes():
+    async def scenario(server, port, caps):
+        answers = [await send_at_once(port, data) for data in PIPELINED]
+        answers.append(await send_at_once(port, PLAIN[2] + PLAIN[2] + CLOSING))  # the lane's
+        counters = (server.lane.served, server.lane.handed_over) if server.lane_on else None
+        return [mask(h) for h in caps[0].heads], answers, counters
+
+    (lane_up, lane_answers, counters), (py_up, py_answers, _) = run(scenario)
+    assert lane_up == py_up
+    for data, a, b in zip(PIPELINED, lane_answers, py_answers):
+        assert a == b, data[:80]
+    assert lane_answers[-1] == py_answers[-1] and lane_answers[-1].count(b"HTTP/1.1 200") == 3
+    assert b"connection: close\r\n\r\nHTTP/1.1 400" in lane_answers[0]  # HEAD: no body
+    assert counters == (3, len(PIPELINED))
+
+
+def test_a_request_whose_body_is_to_come_is_refused_at_the_head_as_python_does():
+    """Python routes at the head: a 401 (or 404) goes out before the body is in. The lane
+    routes when the body is in: it asks first, and hands such a request over."""
+    async def scenario(server, port, caps):
+        return await send_at_once(port, b"POST /keyed HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+
+    lane, python = run(scenario)
+    assert lane == python and lane.startswith(b"HTTP/1.1 401")
+
+
+def test_a_request_pipelined_behind_a_refusal_that_closes_is_not_sent_upstream():
+    """The Python path: a refusal made while a head is parsed (401) closes the connection; a
+    request parsed from the same read behind it was begun all the same, and sent upstream
+    when a pooled connection was at hand (found by test_lane_fuzz.py)."""
+    async def scenario(server, port, caps):
+        await send(port, [b"GET /plain HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n"])  # pools one (Python's)
+        answer = await send_at_once(port, b"POST /keyed HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok" + PLAIN[2])
+        await asyncio.sleep(0.05)
+        return answer, len(caps[0].heads)
+
+    lane, python = run(scenario)
+    assert lane == python
+    answer, upstream = lane
+    assert answer.startswith(b"HTTP/1.1 401") and answer.count(b"HTTP/1.1") == 1 and upstream == 1
+
+
+def test_an_upstream_connection_answering_proxy_connection_close_is_not_reused():
+    async def scenario(server, port, caps):
+        answers = await send(port, [b"GET /pclose HTTP/1.1\r\nHost: h\r\n\r\n", PLAIN[2]])
+        await asyncio.sleep(0.05)
+        counters = (server.lane.served, server.lane.handed_over) if server.lane_on else None
+        return [(mask(h), b) for h, b in answers], caps[0].connections, counters
+
+    (lane_answers, lane_conns, counters), (py_answers, py_conns, _) = run(scenario)
+    assert lane_answers == py_answers and b"proxy-connection" not in lane_answers[0][0].lower()
+    assert lane_conns == py_conns == 2 and counters == (2, 0)
 
 
 def test_a_503_is_retried_by_python_with_the_lanes_try_inherited():
@@ -459,7 +337,7 @@ def test_reload_switches_a_pool_from_the_lane_to_python():
     async def scenario(server, port, caps):
         first = await send(port, [PLAIN[2]])
         config = server.runtime.config
-        text = CONFIG.format(port=port, lane="auto", attempts=1, per_try="2s",
+        text = CONFIG.format(port=port, lane="auto", attempts=1, per_try="2s", extra="",
                              backends=f'{{url: "http://127.0.0.1:{caps[0].port}", name: b0}}')
         text = text.replace("    retry:", "    rate_limit: {rate: 1000}\n    retry:", 1)
         runtime = Runtime.build(load_config_text(text), previous=server.runtime)
@@ -571,7 +449,7 @@ def test_lane_follows_the_file_on_reload_for_new_connections():
     async def scenario(server, port, caps):
         before = await send(port, [PLAIN[2]])
         served = server.lane.served
-        text = CONFIG.format(port=port, lane="off", attempts=1, per_try="2s",
+        text = CONFIG.format(port=port, lane="off", attempts=1, per_try="2s", extra="",
                              backends=f'{{url: "http://127.0.0.1:{caps[0].port}", name: b0}}')
         server.swap(Runtime.build(load_config_text(text), previous=server.runtime))
         after_off = await send(port, [PLAIN[2]])
