@@ -1139,13 +1139,27 @@ cdef class LaneUpstream:
 
     # -- uvloop protocol callbacks -------------------------------------------------------
     def connection_made(self, transport):
+        """Only the transport: nothing goes out before ``loop.create_connection`` has returned
+        this connection (:meth:`connected`), as the Python path attaches a connection only
+        then. uvloop calls this before create_connection returns; when ``wait_for``'s connect
+        timeout lands in between, it closes the transport behind the protocol's back (no
+        connection_lost) and the glue books a connect failure. A request sent from here was
+        then answered on a connection booked as failed, or sent again as never sent, and the
+        connection, back in the idle list with its transport closed, made the next request's
+        write raise (the client's connection was dropped)."""
         self.transport = transport
-        client = self.client
         if self.closed:
             transport.abort()
-        elif client is not None and client.up is self:
+
+    def connected(self):
+        """``loop.create_connection`` returned this connection (the glue's connect task):
+        send the request of the client waiting for it, if it still is."""
+        cdef LaneClient client = self.client
+        if self.closed:
+            return
+        if client is not None and client.up is self:
             self.state = U_HEAD
-            transport.write(client.upstream_head)
+            self.transport.write(client.upstream_head)
             client._arm_timer()
         else:
             self.close()
@@ -1154,7 +1168,7 @@ cdef class LaneUpstream:
         cdef LaneClient client = self.client
         cdef Py_ssize_t n
         self.received = True
-        if client is None or self.state == U_IDLE:
+        if client is None or self.state == U_IDLE or self.state == U_CONNECTING:
             self.close()              # bytes nobody asked for: the connection is out of sync
             return
         if self.state == U_HEAD:

@@ -250,6 +250,7 @@ class Glue:
                 return
             exc = task.exception()
             if exc is None:
+                conn.connected()  # the request goes out now, not from connection_made
                 return
             name = backend.name
             if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):

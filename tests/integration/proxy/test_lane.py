@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import threading
 
 import pytest
 import uvloop
@@ -464,3 +466,125 @@ def test_lane_follows_the_file_on_reload_for_new_connections():
     served, still, again, heads = uvloop.run(only_lane())
     assert (served, still, again) == (1, 1, 2)
     assert heads[0] == heads[1] == heads[2]
+
+
+class ThreadUpstream:
+    """A keep-alive upstream on blocking sockets in threads: it answers 200 "ok" to requests
+    without a body, counts them, and what its first connection received."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.requests = 0
+        self.first_connection_bytes = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            first = not self.accepted
+            self.accepted.append(conn)
+            threading.Thread(target=self._serve, args=(conn, first), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, first: bool) -> None:
+        data = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        return
+                    if first:
+                        self.first_connection_bytes += len(piece)
+                    data += piece
+                _, _, data = data.partition(b"\r\n\r\n")  # requests without a body
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            return
+
+    def close_connections(self) -> None:
+        for conn in self.accepted:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # the FIN now (a close alone waits for the thread's recv)
+            except OSError:
+                pass
+            conn.close()
+        self.accepted.clear()
+
+    def stop(self) -> None:
+        self.close_connections()
+        self.listener.close()
+
+
+def test_a_new_connection_carries_nothing_until_create_connection_returned_it():
+    """uvloop's ``create_connection`` calls ``connection_made`` before it returns; when the
+    glue's ``wait_for`` connect timeout lands in between (a loop held up: the heap settling
+    at start, a loaded machine), it closes the transport without calling ``connection_lost``
+    and raises, and the glue books a connect failure. The lane used to send the request from
+    ``connection_made``: the answer came back on a connection booked as failed, which sat in
+    the idle list with its transport closed until the glue's callback, and the next request
+    that took it raised on the write; uvloop then dropped that client's connection (the
+    chaos test's "Server disconnected"). Now nothing goes out before create_connection has
+    returned the connection, as in the Python path: the failed connect is a connect failure
+    with nothing sent, and Python's retry answers both requests."""
+    upstream = ThreadUpstream()
+    request = b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n"
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        port = free_port()
+        config = load_config_text(CONFIG.format(port=port, lane="auto", attempts=2, per_try="2s",
+                                                backends=f'{{url: "http://127.0.0.1:{upstream.port}", name: b0}}'))
+        server = ProxyServer(Runtime.build(config), loop, AccessLog(True, io.BytesIO()))
+        await server.start()
+        glue = server.lane
+        window = asyncio.Event()
+        made: list = []
+        real_connect = glue._connect
+
+        async def late_timeout(conn, backend, timeout):
+            if made:
+                return await real_connect(conn, backend, timeout)
+            transport, _ = await loop.create_connection(conn, backend.host, backend.port)
+            made.append(transport)
+            await asyncio.sleep(0.1)  # whatever went out on it is answered meanwhile
+            # What uvloop does when the timeout lands here: the transport closed behind the
+            # protocol's back, the glue told a little later.
+            transport.set_protocol(asyncio.Protocol())
+            transport.abort()
+            window.set()
+            await asyncio.sleep(0.1)
+            raise asyncio.TimeoutError()
+
+        glue._connect = late_timeout
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await window.wait()
+            writer.write(request)  # on the same connection: the lane's idle upstream, or pipelined
+            answers = []
+            for _ in range(2):
+                try:
+                    answers.append(await read_response(reader))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    answers.append((b"", b""))
+            return (answers, upstream.requests, upstream.first_connection_bytes,
+                    [b.inflight for b in server.runtime.pools["web"].backends], access_entries(server), errors)
+        finally:
+            writer.close()
+            await server.shutdown(0.5)
+
+    try:
+        answers, requests, first_bytes, inflight, entries, errors = uvloop.run(scenario())
+    finally:
+        upstream.stop()
+    assert [h.split(b"\r\n")[0] for h, _ in answers] == [b"HTTP/1.1 200 OK"] * 2, answers
+    assert errors == [] and first_bytes == 0 and requests == 2 and inflight == [0]
+    assert [(e[2], e[5]) for e in entries] == [(200, 2), (200, 1)]  # a connect failure, then the retry
