@@ -187,12 +187,14 @@ class Pool:
         """The balancer's first candidate that passes every filter, and whether some were
         passed over only because they were saturated (the caller may queue then).
 
-        A retry prefers a backend not yet tried, but takes a tried one over none. The
-        breaker is asked last: in half-open it hands out a limited number of trials.
+        A retry prefers a backend not yet tried, but takes a tried one over none: any tried
+        one that passes the filters, in the balancer's order (the first may have its breaker
+        open by now, the next not). The breaker is asked last: in half-open it hands out a
+        limited number of trials.
         """
         limit, panic, outlier = self.max_inflight, self.panic, self.outlier
         saturated = False
-        fallback = None
+        fallbacks = None
         for backend in self.balancer.candidates(request):
             if backend.drained:
                 continue
@@ -202,13 +204,19 @@ class Pool:
                 saturated = True
                 continue
             if backend in tried:
-                fallback = fallback or backend
+                if fallbacks is None:
+                    fallbacks = [backend]
+                else:
+                    fallbacks.append(backend)
                 continue
             breaker = backend.breaker
             if breaker is None or breaker.allow():
                 return backend, False
-        if fallback is not None and (fallback.breaker is None or fallback.breaker.allow()):
-            return fallback, False
+        if fallbacks is not None:
+            for backend in fallbacks:
+                breaker = backend.breaker
+                if breaker is None or breaker.allow():
+                    return backend, False
         if saturated:
             return None, True
         return self._panic_pick(request, tried), False
