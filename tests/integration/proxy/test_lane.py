@@ -8,6 +8,7 @@ The proxy runs in this process (so the test can read the lane's counters), on re
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import socket
@@ -17,8 +18,11 @@ import pytest
 import uvloop
 
 from lbd.config import load_config_text
+from lbd.log import AccessLog
 from lbd.proxy import lane as lane_module
+from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
+from tests.support.procs import free_port
 from tests.support.lane import CONFIG, access_entries, dechunk, mask, mask_body, read_response, send, with_proxy
 
 pytestmark = pytest.mark.skipif(not lane_module.available(), reason="the compiled lane is not built")
@@ -539,7 +543,7 @@ def test_a_new_connection_carries_nothing_until_create_connection_returned_it():
         loop = asyncio.get_running_loop()
         port = free_port()
         config = load_config_text(CONFIG.format(port=port, lane="auto", attempts=2, per_try="2s",
-                                                backends=f'{{url: "http://127.0.0.1:{upstream.port}", name: b0}}'))
+                                                backends=f'{{url: "http://127.0.0.1:{upstream.port}", name: b0}}', extra=""))
         server = ProxyServer(Runtime.build(config), loop, AccessLog(True, io.BytesIO()))
         await server.start()
         glue = server.lane
