@@ -34,7 +34,7 @@ def profile(run_dir: Path, upstreams: Upstreams, args: argparse.Namespace, out: 
     load_argv = ["taskset", "-c", str(args.load_cpu), "wrk", f"-t{args.threads}",
                  f"-c{args.connections}", f"-d{load_seconds}s", "--latency", "-s",
                  str(HERE / "post.lua"), f"http://127.0.0.1:{port}/"]
-    python_target = target in ("lbd", "lbd-lane", "bare-python")     # py-spy reads Python stacks only
+    python_target = target in ("lbd", "lbd-python", "bare-python")     # py-spy reads Python stacks only
     load = None
     try:
         problem = probe(port, BODY.encode())

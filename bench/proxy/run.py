@@ -31,7 +31,7 @@ from profiling import profile
 from report import Result, machine, report
 from servers import ROOT, Process, Skip, Upstreams, free_port, start_proxy
 
-PROXIES = ("nginx", "haproxy", "floor", "bare-python", "cython-lane", "lbd", "lbd-lane")
+PROXIES = ("nginx", "haproxy", "floor", "bare-python", "cython-lane", "lbd", "lbd-python")
 
 
 def bench_proxy(name: str, run_dir: Path, upstreams: Upstreams, args: argparse.Namespace,
@@ -137,7 +137,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run directory (configs, logs)")
-    parser.add_argument("--profile", choices=("lbd", "lbd-lane", "bare-python", "nginx", "haproxy"),
+    parser.add_argument("--profile", choices=("lbd", "lbd-python", "bare-python", "nginx", "haproxy"),
                         help="instead of the benchmark: profile this proxy under load "
                              "(py-spy for lbd and bare-python, strace -c for all)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (250)")
@@ -153,7 +153,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     machine_lines = machine(args.python, os.getloadavg()[0])    # before pinning ourselves
-    needs_py_spy = args.profile in ("lbd", "lbd-lane", "bare-python")
+    needs_py_spy = args.profile in ("lbd", "lbd-python", "bare-python")
     for tool in ("taskset", "wrk", "nginx") + (("py-spy",) if needs_py_spy else ()):
         if not shutil.which(tool):
             sys.exit(f"FATAL: {tool} not found; run bench/proxy/run.sh, which installs it")

@@ -151,10 +151,12 @@ def start_proxy(name: str, run_dir: Path, port: int, upstreams: Upstreams, cpu: 
         _build_lane(python)
         argv = [python, str(HERE / "lane" / "lane_proxy.py"), str(port),
                 f"127.0.0.1:{up1}", f"127.0.0.1:{up2}"]
-    elif name in ("lbd", "lbd-lane"):
+    elif name in ("lbd", "lbd-python"):
+        # lbd as shipped (the compiled lane, lbd/proxy/_lane.pyx, serves plain requests), and
+        # the same file on the Python data plane alone. LBD_LANE would override the file.
+        os.environ.pop("LBD_LANE", None)
         conf = render("lbd.yaml.tmpl", run_dir / "lbd.yaml", port=port, up1=up1, up2=up2)
-        if name == "lbd-lane":  # the same file with the compiled lane on (lbd/proxy/_lane.pyx)
-            conf.write_text(conf.read_text() + "lane: auto\n")
+        conf.write_text(conf.read_text() + ("lane: off\n" if name == "lbd-python" else "lane: auto\n"))
         lbd = lbd_command(python)
         _config_check([*lbd, "check", str(conf)], name)
         argv = [*lbd, "serve", "--config", str(conf)]

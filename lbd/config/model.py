@@ -365,7 +365,7 @@ class Config(Strict):
     fleet: FleetConfig = FleetConfig()
     cache: CacheConfig = CacheConfig()
     jobs: JobsConfig = JobsConfig()
-    lane: Literal["auto", "off"] = Field("off", json_schema_extra=lambda schema: _bare_off(schema))
+    lane: Literal["auto", "off"] = Field("auto", json_schema_extra=lambda schema: _bare_off(schema))
     """``auto``: plain requests of eligible pools take the compiled lane (``lbd.proxy.lane``)
     where it is built; ``off``: every request takes the Python data plane. The environment's
     ``LBD_LANE`` overrides it."""

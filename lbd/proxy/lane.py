@@ -9,7 +9,8 @@ whenever the request is not a plain one or its try failed (with a
 made the first try). A handed-over connection stays Python.
 
 The lane is optional: :func:`available` says whether the extension is built, and with
-``lane: off`` (the default) or ``LBD_LANE=off`` nothing here runs.
+``lane: off`` or ``LBD_LANE=off`` (``auto``, the default, uses it where it is built) nothing
+here runs.
 """
 
 from __future__ import annotations

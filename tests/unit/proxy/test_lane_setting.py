@@ -50,10 +50,10 @@ def test_the_environment_overrides_the_file(monkeypatch):
     assert lane.wanted("off")
 
 
-def test_a_bare_off_in_yaml_is_off_and_the_default_is_off():
+def test_a_bare_off_in_yaml_is_off_and_the_default_is_auto():
     assert config("off").lane == "off"
     assert config("auto").lane == "auto"
-    assert load_config_text((CONFIG % "off").replace("lane: off\n", "").replace("PORT", "8080")).lane == "off"
+    assert load_config_text((CONFIG % "off").replace("lane: off\n", "").replace("PORT", "8080")).lane == "auto"
 
 
 def test_only_pools_without_per_request_features_are_eligible():
