@@ -51,11 +51,18 @@ class Daemon:
         self.watcher: ConfigWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
-        self._settling: asyncio.TimerHandle | None = None
         """Replaced runtimes' Redis rate limiters, closed once their last takes are over."""
+        self._settling: asyncio.TimerHandle | None = None
+        self._reload_asked = False
+        """A SIGHUP came before the daemon was ready: it reloads once it is."""
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Before anything listens: a SIGHUP (systemd's ExecReload, a watcher) that lands while
+        # lbd starts must not kill it (SIGHUP's default), nor be lost.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self._start_workers()
         except MpsUnavailable as exc:
@@ -78,14 +85,13 @@ class Daemon:
         if self.config.admin.enabled:
             self.admin = await self._start_admin()
         await runtime.start_health()  # READY only once every backend was probed
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         if self.config_path is not None and self.config.watch.enabled:
             self.watcher = ConfigWatcher(self.config_path, self.reload, self.config.watch.interval)
             self.watcher.start()
         heap.settle()  # what lives as long as the daemon stays out of the collector's walks
         self.ready.set()
+        if self._reload_asked:
+            loop.create_task(self.reload())  # a SIGHUP came while starting: read the file again
         self.notifier.ready(self._status_line())
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         log.info("ready", extra={"pools": list(self.config.pools), "listen": [f"{h}:{p}" for h, p in self.proxy.bound]})
@@ -114,6 +120,12 @@ class Daemon:
         heap.thaw()
         log.info("stopped")
         return 0
+
+    def _on_sighup(self) -> None:
+        if self.ready.is_set():
+            asyncio.get_running_loop().create_task(self.reload())
+        else:
+            self._reload_asked = True
 
     def stop(self) -> None:
         self._stop.set()

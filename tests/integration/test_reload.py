@@ -7,10 +7,11 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import sys
 import threading
 import time
 
-from tests.support.procs import free_port, start_lbd, start_upstream, wait_for
+from tests.support.procs import Proc, free_port, start_lbd, start_upstream, wait_for, wait_port
 
 ALGORITHMS = ["round_robin", "least_connections", "peak_ewma", "power_of_two_choices", "weighted_round_robin"]
 
@@ -209,6 +210,31 @@ def test_the_log_level_follows_the_file(tmp_path):
         time.sleep(1.0)
         # Back at warning: neither later reload logs its info line (the level changes first).
         assert proc.output().count('"msg":"reloaded"') == 1, proc.output()
+    finally:
+        proc.stop()
+        upstream.stop()
+
+
+def test_a_sighup_while_starting_neither_kills_lbd_nor_is_lost(tmp_path):
+    """systemd's ExecReload (or an operator) may signal lbd before it is ready; SIGHUP's
+    default would end the process. The first health probe (READY waits for it) takes 1.5 s
+    here, and the signal lands while lbd listens but is not ready: lbd stays up and reloads
+    once it is."""
+    upstream, upstream_port = start_upstream(tmp_path, "u")
+    port = free_port()
+    path = tmp_path / "lbd.yaml"
+    text = config(port, [upstream_port], "round_robin").replace(
+        "health: {enabled: false}", "health: {path: \"/slow?delay=1.5\", interval: 10s, timeout: 5s}")
+    path.write_text(text)
+    proc = Proc([sys.executable, "-m", "lbd", "serve", "--config", str(path)], tmp_path / "lbd.log")
+    try:
+        wait_port(port, 15)
+        assert '"msg":"ready"' not in proc.output()  # still probing
+        proc.signal(signal.SIGHUP)
+        wait_for(lambda: '"msg":"reloaded"' in proc.output() or proc.popen.poll() is not None, timeout=15,
+                 what="the reload asked while starting")
+        assert proc.popen.poll() is None, proc.output()
+        assert proc.output().index('"msg":"ready"') < proc.output().index('"msg":"reloaded"')
     finally:
         proc.stop()
         upstream.stop()
