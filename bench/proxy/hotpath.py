@@ -60,14 +60,16 @@ async def main(requests: int, access_log: bool, algorithm: str, rounds: int = 5,
         conn.connection_made(MemoryTransport(keep=False))
         backend.put_idle(conn, 0.0)
         upstreams.append(conn)
-    best = float("inf")
-    for _ in range(rounds):
-        best = min(best, run_round(client, upstreams, server, requests))
+    best = min(run_round(client, upstreams, server, requests) for _ in range(rounds))
     assert client_transport.sent == requests * rounds, (client_transport.sent, requests)
     sends = client_transport.sent + sum(u.transport.sent for u in upstreams)
-    print(f"{best / requests * 1e6:.2f} µs/request of Python, best of {rounds} rounds of {requests} "
-          f"(CPU time; {sends / requests / rounds:.1f} sends/request, access log {'on' if access_log else 'off'}, "
-          f"{algorithm})")
+    report("Python", best, requests, rounds, sends / requests / rounds, access_log, algorithm)
+
+
+def report(what: str, best: float, requests: int, rounds: int, sends: float, access_log: bool,
+           algorithm: str) -> None:
+    print(f"{best / requests * 1e6:.2f} µs/request of {what}, best of {rounds} rounds of {requests} "
+          f"(CPU time; {sends:.1f} sends/request, access log {'on' if access_log else 'off'}, {algorithm})")
 
 
 def run_round(client, upstreams, server, requests: int) -> float:
@@ -107,16 +109,15 @@ async def lane_main(server, runtime, requests: int, rounds: int, access_log: boo
         backend = client.req.backend
         conn = made[-1]
         conn.connection_made(MemoryTransport(keep=False))
+        conn.connected()  # what the glue's connect task does once create_connection returned
         upstreams[backend] = conn
         conn.data_received(RESPONSE)
     del glue._connect_new
-    best = float("inf")
-    for _ in range(rounds):
-        best = min(best, lane_round(client, upstreams, server, requests))
+    best = min(lane_round(client, upstreams, server, requests) for _ in range(rounds))
+    assert client_transport.sent == requests * rounds + len(upstreams), (client_transport.sent, requests)
     sends = client_transport.sent + sum(u.transport.sent for u in upstreams.values())
-    print(f"{best / requests * 1e6:.2f} µs/request of the lane (C and glue), best of {rounds} rounds of "
-          f"{requests} (CPU time; {sends / requests / (rounds + len(upstreams) / requests):.1f} sends/request, "
-          f"access log {'on' if access_log else 'off'}, {algorithm})")
+    report("the lane (C and glue)", best, requests, rounds, sends / (requests * rounds + len(upstreams)),
+           access_log, algorithm)
 
 
 def lane_round(client, upstreams, server, requests: int) -> float:

@@ -282,13 +282,7 @@ class Glue:
         ``ProxyServer.observe`` of a success (the attempt's books as :meth:`head` keeps them,
         unless the head closed it already), with the duration the lane measured and the
         access line it formatted (``None`` when ``log.access`` is off)."""
-        req.status = status
-        backend = req.backend
-        if backend is not None:
-            req.served_by = backend.name
-            req.backend = None
-            end_attempt(req.pool, backend, outcome_of_status(status) if status >= 500 else _SUCCESS,  # type: ignore[arg-type]
-                        req.attempt_started)
+        self.head(req, status)
         self.server.observe(req, duration, line)  # type: ignore[arg-type]
 
     def aborted(self, req: LaneRequest) -> None:
