@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from lbd.balancing.base import Balancer, RequestView, needs_body
 from lbd.config.model import PoolConfig, TimeoutsConfig, UpstreamConfig
 from lbd.proxy.tiers import Tiers
-from lbd.resilience.breaker import CircuitBreaker
+from lbd.resilience.breaker import OPEN, CircuitBreaker
 from lbd.resilience.outlier import OutlierDetector
 from lbd.resilience.retry import RetryBudget, RetryPolicy
 
@@ -158,8 +158,11 @@ class Pool:
         self.lane_name = name.encode()
 
     def has_untried_usable(self, tried: set[Backend]) -> bool:
-        """Is there a backend a retry could go to instead (error path only: O(n))?"""
-        return any(b not in tried and self.usable(b) for b in self.backends)
+        """Is there a backend a retry could go to instead (error path only: O(n))? One whose
+        breaker is open is not (``Retry-After`` is then waited out for the backend that sent
+        it, the only one the retry can go to)."""
+        return any(b not in tried and self.usable(b) and (b.breaker is None or b.breaker.state != OPEN)
+                   for b in self.backends)
 
     def usable(self, backend: Backend) -> bool:
         return backend.available and not backend.drained and not self.outlier.is_ejected(backend)

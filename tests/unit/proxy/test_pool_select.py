@@ -67,3 +67,15 @@ def test_an_untried_backend_still_comes_before_a_tried_one():
     w0, w1, w2 = pool.backends
     for _ in range(6):
         assert pool.select(FakeRequest(), {w0, w1}) == (w2, False)
+
+
+def test_a_backend_whose_breaker_is_open_is_no_place_for_a_retry_to_go_instead():
+    """What decides whether a 503's Retry-After is waited out (exchange.retry_delay): w1's
+    breaker is open, so the only place for the retry is w0, which sent it."""
+    pool = _pool("round_robin")
+    w0, w1, w2 = pool.backends
+    w2.drained = True
+    assert pool.has_untried_usable({w0})
+    _open(w1.breaker)
+    assert not pool.has_untried_usable({w0})
+    assert pool.has_untried_usable({w1})  # w0 is still there for a retry of w1's try
