@@ -44,3 +44,13 @@ def lbd(tmp_path: Path) -> Iterator[Callable[..., tuple[Proc, int]]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def compiled_lane() -> None:
+    """The compiled lane must be built: it is lbd's default data plane, so its tests fail
+    rather than skip where it is missing (``pip install -e .`` builds it with a C compiler)."""
+    from lbd.proxy import lane
+
+    if not lane.available():
+        pytest.fail("the compiled lane (lbd/proxy/_lane.pyx) is not built: run `pip install -e .` with a C compiler")

@@ -217,14 +217,8 @@ class Glue:
         backend.requests += 1
         self.served += 1
         req.request_id = request_id = request_id or server.request_ids.next()
-        idle = backend.lane_idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                break
-        else:
-            conn = self._connect_new(req, backend, pool)
-        return req, conn, request_id, pool.lane_name, pool.retry.config.per_try_timeout or timeouts.per_try, deadline
+        per_try = pool.retry.config.per_try_timeout or timeouts.per_try
+        return req, self._upstream(req, backend, pool), request_id, pool.lane_name, per_try, deadline
 
     def _upstream(self, req: LaneRequest, backend: Backend, pool: Pool):
         idle = backend.lane_idle

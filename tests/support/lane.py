@@ -182,14 +182,21 @@ def mask_body(body: bytes) -> bytes:
     return re.sub(rb'"request_id":"[0-9a-f]{16}-[0-9a-f]+"', b'"request_id":"ID"', body)
 
 
+def config_text(port: int, lane: str, upstreams: list, *, attempts: int = 1, per_try: str = "2s", names: str = "b",
+                extra: str = "") -> str:
+    """:data:`CONFIG` for a proxy on ``port`` in front of ``upstreams`` (anything with a
+    ``port``), their backends named ``{names}0``, ``{names}1``..."""
+    backends = ", ".join(f'{{url: "http://127.0.0.1:{up.port}", name: "{names}{i}"}}' for i, up in enumerate(upstreams))
+    return CONFIG.format(port=port, lane=lane, attempts=attempts, per_try=per_try, backends=backends, extra=extra)
+
+
 async def start_proxy(lane: str, caps: list[Capture], *, attempts: int = 1, per_try: str = "2s", names: str = "b",
                       extra: str = "") -> tuple[ProxyServer, int]:
     """A proxy in this loop on ``lane`` (``auto`` or ``off``) in front of ``caps`` (started),
     with ``extra`` top-level configuration: the server and its port."""
     port = free_port()
-    backends = ", ".join(f'{{url: "http://127.0.0.1:{cap.port}", name: "{names}{i}"}}' for i, cap in enumerate(caps))
-    config = load_config_text(CONFIG.format(port=port, lane=lane, attempts=attempts, per_try=per_try, backends=backends,
-                                            extra=extra))
+    config = load_config_text(config_text(port, lane, caps, attempts=attempts, per_try=per_try, names=names,
+                                          extra=extra))
     server = ProxyServer(Runtime.build(config), asyncio.get_running_loop(), AccessLog(True, io.BytesIO()))
     await server.start()
     return server, port

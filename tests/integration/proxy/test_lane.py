@@ -8,7 +8,6 @@ The proxy runs in this process (so the test can read the lane's counters), on re
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import socket
@@ -18,14 +17,11 @@ import pytest
 import uvloop
 
 from lbd.config import load_config_text
-from lbd.log import AccessLog
-from lbd.proxy import lane as lane_module
-from lbd.proxy.server import ProxyServer
 from lbd.runtime import Runtime
-from tests.support.procs import free_port
-from tests.support.lane import CONFIG, access_entries, dechunk, mask, mask_body, read_response, send, with_proxy
+from tests.support.lane import (access_entries, config_text, dechunk, mask, mask_body, read_response, send,
+                                start_proxy, with_proxy)
 
-pytestmark = pytest.mark.skipif(not lane_module.available(), reason="the compiled lane is not built")
+pytestmark = pytest.mark.usefixtures("compiled_lane")
 
 
 def anonymous(answers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -343,8 +339,7 @@ def test_reload_switches_a_pool_from_the_lane_to_python():
     async def scenario(server, port, caps):
         first = await send(port, [PLAIN[2]])
         config = server.runtime.config
-        text = CONFIG.format(port=port, lane="auto", attempts=1, per_try="2s", extra="",
-                             backends=f'{{url: "http://127.0.0.1:{caps[0].port}", name: b0}}')
+        text = config_text(port, "auto", caps)
         text = text.replace("    retry:", "    rate_limit: {rate: 1000}\n    retry:", 1)
         runtime = Runtime.build(load_config_text(text), previous=server.runtime)
         assert config.lane == "auto" or not server.lane_on
@@ -455,8 +450,7 @@ def test_lane_follows_the_file_on_reload_for_new_connections():
     async def scenario(server, port, caps):
         before = await send(port, [PLAIN[2]])
         served = server.lane.served
-        text = CONFIG.format(port=port, lane="off", attempts=1, per_try="2s", extra="",
-                             backends=f'{{url: "http://127.0.0.1:{caps[0].port}", name: b0}}')
+        text = config_text(port, "off", caps)
         server.swap(Runtime.build(load_config_text(text), previous=server.runtime))
         after_off = await send(port, [PLAIN[2]])
         still = server.lane.served
@@ -541,11 +535,7 @@ def test_a_new_connection_carries_nothing_until_create_connection_returned_it():
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        port = free_port()
-        config = load_config_text(CONFIG.format(port=port, lane="auto", attempts=2, per_try="2s",
-                                                backends=f'{{url: "http://127.0.0.1:{upstream.port}", name: b0}}', extra=""))
-        server = ProxyServer(Runtime.build(config), loop, AccessLog(True, io.BytesIO()))
-        await server.start()
+        server, port = await start_proxy("auto", [upstream], attempts=2)
         glue = server.lane
         window = asyncio.Event()
         made: list = []

@@ -27,12 +27,11 @@ import pytest
 import uvloop
 from hypothesis import HealthCheck, event, example, given, settings
 
-from lbd.proxy import lane as lane_module
 from lbd.proxy.http import RequestIds
 from tests.support.lane import Capture, access_entries, start_proxy
 from tests.support.request_grammar import LIMITS_CONFIG, PLAIN, requests
 
-pytestmark = pytest.mark.skipif(not lane_module.available(), reason="the compiled lane is not built")
+pytestmark = pytest.mark.usefixtures("compiled_lane")
 
 EXAMPLES = int(os.environ.get("LBD_FUZZ_EXAMPLES", "500"))
 TRAILER = b"GET /close HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"

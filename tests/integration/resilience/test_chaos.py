@@ -29,7 +29,6 @@ import time
 import aiohttp
 import pytest
 
-from lbd.proxy import lane as lane_module
 from tests.support.procs import free_port, start_lbd, wait_for
 
 CONFIG = """
@@ -97,10 +96,8 @@ async def chaos(proc, done: asyncio.Event) -> None:
 
 
 @pytest.mark.parametrize("clients", ["keep-alive", "lane, a connection per request"])
-def test_no_client_failures_while_workers_die_freeze_and_shed(tmp_path, clients):
+def test_no_client_failures_while_workers_die_freeze_and_shed(tmp_path, clients, compiled_lane):
     fresh = clients != "keep-alive"
-    if fresh and not lane_module.available():
-        pytest.skip("the compiled lane is not built")
     port, ports = free_port(), [free_port() for _ in range(3)]
     config = CONFIG.format(port=port, p0=ports[0], p1=ports[1], p2=ports[2])
     proc = start_lbd(tmp_path, config, port, env={"LBD_LANE": "auto"} if fresh else None)

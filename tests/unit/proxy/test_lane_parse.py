@@ -17,11 +17,10 @@ import httptools
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from lbd.proxy import lane as lane_module
 from lbd.proxy.heads import request_head
 from tests.support.request_grammar import LIMITS, PLAIN, requests
 
-pytestmark = pytest.mark.skipif(not lane_module.available(), reason="the compiled lane is not built")
+pytestmark = pytest.mark.usefixtures("compiled_lane")
 
 TRAILER = b"GET /close HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
 EXAMPLES = int(os.environ.get("LBD_FUZZ_EXAMPLES", "1000"))

@@ -83,7 +83,7 @@ def test_without_the_extension_lbd_serves_with_python_and_says_so(monkeypatch, c
         "compiled lane not available: every request takes the Python data plane"]
 
 
-@pytest.mark.skipif(not lane.available(), reason="the compiled lane is not built")
+@pytest.mark.usefixtures("compiled_lane")
 def test_with_the_extension_new_connections_get_the_lane(monkeypatch):
     monkeypatch.delenv("LBD_LANE", raising=False)
 
