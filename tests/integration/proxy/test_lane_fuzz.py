@@ -123,7 +123,10 @@ class Plane:
         await asyncio.sleep(0)
 
     def upstream(self, since: int) -> list[bytes]:
-        return [ID.sub(b"ID", r) for r in self.cap.requests[since:]]
+        """The requests the upstream got, ids masked, and its own address too: lbd names it
+        in the Host it adds to an HTTP/1.0 request without one, and each plane has its own."""
+        own = b"127.0.0.1:%d" % self.cap.port
+        return [ID.sub(b"ID", r).replace(own, b"127.0.0.1:UPSTREAM") for r in self.cap.requests[since:]]
 
     def log(self) -> list[tuple]:
         entries = access_entries(self.server)
@@ -177,6 +180,7 @@ def test_the_lane_answers_generated_requests_as_the_python_plane_does():
     @example(case=(b"GET /plain HTTP/1.1\r\nHost: h\r\nProxy-Connection: close\r\n\r\n", 0))  # llhttp: close
     @example(case=(b"GET /keyed HTTP/1.1\r\nHost: h\r\nContent-Length: 4096\r\n\r\nhello", 0))  # 401 at the head
     @example(case=(b"POST /plain HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET", 0))
+    @example(case=(b"GET /plain HTTP/1.0\r\n\r\n", 0))  # no Host: lbd adds the upstream's address
     def check(case: tuple[bytes, int]) -> None:
         raw, split = case
         served = loop.run_until_complete(compare(lane, python, raw, split))
